@@ -1,0 +1,157 @@
+"""img2dataset, driven from params, with exact accounting of every URL.
+
+- Options in params `download` are passed to `img2dataset.download` by name (`extra` takes any other option).
+- Repo-relative `file:` URLs (the toy world's) are made absolute for the workers, whatever their working folder.
+- Resumable: img2dataset's incremental mode skips shards whose stats file exists; a fingerprint of the URL list
+  and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
+- Accounting comes from img2dataset's per-shard parquet (one row per URL, with status and error message); every
+  failure is put in a named class, and the sums must equal the URL count or the stage fails.
+"""
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.params import DownloadParams, ParamsError
+
+FINGERPRINT = "fingerprint.txt"  # not *.json: img2dataset reads every *.json in the folder as a finished shard
+
+# (class, pattern on img2dataset's error_message), first match wins; HTTP codes become http_<code>.
+FAILURE_CLASSES = [
+    ("timeout", re.compile(r"timed out|timeout", re.I)),
+    ("connection_refused", re.compile(r"connection refused", re.I)),
+    ("connection_reset", re.compile(r"connection reset|remote end closed|broken pipe", re.I)),
+    ("dns_error", re.compile(r"name or service not known|nodename nor servname|temporary failure in name", re.I)),
+    ("file_not_found", re.compile(r"no such file or directory", re.I)),
+    ("ssl_error", re.compile(r"ssl|certificate", re.I)),
+    ("image_too_small", re.compile(r"image too small", re.I)),
+    ("image_too_large", re.compile(r"image area too large|too large", re.I)),
+    ("aspect_ratio", re.compile(r"aspect ratio", re.I)),
+    ("decode_error", re.compile(r"decod|cannot identify image|truncated", re.I)),
+    ("disallowed_by_header", re.compile(r"x-robots-tag|noai|noimageai", re.I)),
+]
+HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
+
+
+def failure_class(message: str | None) -> str:
+    """Name the failure behind one of img2dataset's error messages."""
+    message = message or ""
+    http = HTTP_ERROR.search(message)
+    if http:
+        return f"http_{http.group(1)}"
+    for name, pattern in FAILURE_CLASSES:
+        if pattern.search(message):
+            return name
+    return "other"
+
+
+def img2dataset_options(params: DownloadParams) -> dict:
+    """The keyword arguments for img2dataset.download; `extra` keys must be real options of it."""
+    import img2dataset  # here, not at the top: it pulls in torch (~3 s) and params errors must come first
+
+    accepted = set(inspect.signature(img2dataset.download).parameters)
+    options = params.model_dump(exclude={"extra"})
+    reserved = {"url_list", "output_folder", "input_format", "output_format", "url_col", "caption_col",
+                "save_additional_columns", "incremental_mode", "enable_wandb"}
+    for key in params.extra:
+        if key not in accepted:
+            raise ParamsError(f"download.extra.{key}: not an img2dataset option")
+        if key in reserved or key in options:
+            raise ParamsError(f"download.extra.{key}: set by the pipeline or by its own key in `download`")
+    return {**options, **params.extra}
+
+
+def resolve_file_urls(urls: pd.Series, root: Path) -> pd.Series:
+    """`file:relative/path` -> `file:///abs/path`; other URLs unchanged."""
+    def resolve(url: str) -> str:
+        if url.startswith("file:") and not url.startswith("file:/"):
+            return (root / url[len("file:"):]).resolve().as_uri()
+        return url
+
+    return urls.map(resolve)
+
+
+def fingerprint(urls_path: Path, options: dict) -> str:
+    digest = hashlib.sha256(Path(urls_path).read_bytes())
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def prepare_output(out_dir: Path, expected: str) -> None:
+    """Keep finished shards only if they were made from the same URLs and options."""
+    marker = out_dir / FINGERPRINT
+    if out_dir.exists() and (not marker.exists() or marker.read_text() != expected):
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(expected)
+
+
+def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
+    """Sum img2dataset's per-shard records into one accounting; raise if any URL is unaccounted for."""
+    shards = sorted(p for p in out_dir.glob("*.parquet"))
+    records = pd.concat([pd.read_parquet(p, columns=["status", "error_message"]) for p in shards]) if shards \
+        else pd.DataFrame(columns=["status", "error_message"])
+    stats = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*_stats.json"))]
+    success = int((records["status"] == "success").sum())
+    failed = records[records["status"] != "success"]
+    failures = Counter(failure_class(m) for m in failed["error_message"])
+    summary = {
+        "urls": url_count,
+        "success": success,
+        "failed": len(failed),
+        "failed_to_download": int((records["status"] == "failed_to_download").sum()),
+        "failed_to_resize": int((records["status"] == "failed_to_resize").sum()),
+        "failures": dict(sorted(failures.items())),
+        "shards": len(stats),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(success / seconds, 2) if seconds > 0 else 0.0,
+    }
+    stats_total = sum(s["count"] for s in stats)
+    if not (len(records) == stats_total == url_count and success + sum(failures.values()) == url_count):
+        raise RuntimeError(
+            f"download accounting does not add up: {url_count} urls, {len(records)} records, "
+            f"{stats_total} in stats, {success} success + {sum(failures.values())} failed; "
+            f"remove {out_dir} and rerun"
+        )
+    return summary
+
+
+def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Path(".")) -> dict:
+    """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting."""
+    import img2dataset  # see img2dataset_options
+
+    options = img2dataset_options(params)
+    urls = pd.read_parquet(urls_path)
+    prepare_output(out_dir, fingerprint(urls_path, options))
+    urls["url"] = resolve_file_urls(urls["url"], root)
+    extra_columns = [c for c in urls.columns if c not in ("url", "alt_text")]
+    if params.distributor == "pyspark":
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    with tempfile.TemporaryDirectory(prefix="fixclip-download-") as tmp:
+        url_file = Path(tmp) / "urls.parquet"
+        urls.to_parquet(url_file, index=False)
+        start = time.perf_counter()
+        img2dataset.download(
+            url_list=str(url_file),
+            input_format="parquet",
+            url_col="url",
+            caption_col="alt_text",
+            save_additional_columns=extra_columns,
+            output_format="webdataset",
+            output_folder=str(out_dir),
+            incremental_mode="incremental",
+            enable_wandb=False,
+            **options,
+        )
+        seconds = time.perf_counter() - start
+    return summarise(out_dir, len(urls), seconds)
