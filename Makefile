@@ -19,8 +19,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 repro: envs
 	dvc repro
 
+# pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: envs
-	python -m pytest $(PYTEST_ARGS)
+	python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 envs: $(VENV)/.ready $(VLLM_VENV)/.ready
 

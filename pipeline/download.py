@@ -23,6 +23,8 @@ import pandas as pd
 
 from pipeline.params import DownloadParams, ParamsError
 
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
+
 FINGERPRINT = "fingerprint.txt"  # not *.json: img2dataset reads every *.json in the folder as a finished shard
 
 # (class, pattern on img2dataset's error_message), first match wins; HTTP codes become http_<code>.

@@ -4,6 +4,7 @@ Every stage calls `load_params()` first, so a typo anywhere in params.yaml fails
 e.g. `download.thread_count: expected int, got 'many'`.
 """
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -146,4 +147,5 @@ def exit_on_params_error():
     try:
         yield
     except ParamsError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,99 @@
+"""Shared fixtures: a loopback HTTP server with programmable routes, and a throwaway copy of this repository."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Routes(dict):
+    """path -> (status, content_type, body, delay_s)."""
+
+
+def _handler(routes: Routes):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            status, content_type, body, delay = routes.get(self.path.split("?")[0], (404, "text/plain", b"not found", 0))
+            if delay:
+                time.sleep(delay)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1; yields (base_url, routes) and stops it afterwards."""
+    routes = Routes()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def project_files() -> list[str]:
+    """The repository's files as a fresh clone would have them (tracked + new, not ignored)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    return [f for f in listed if f and (REPO / f).is_file()]
+
+
+def stage_env() -> dict:
+    """Environment for running stages/dvc as a user would: the venv's `python` first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    return env
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A temporary git repository holding a copy of the project without its data, outputs or dvc.lock."""
+    root = tmp_path / "repo"
+    skip = ("data/", "metrics/", "models/", "dvc.lock")
+    for name in project_files():
+        if name.startswith(skip):
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    env = stage_env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env)
+    return root
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command as a user would (venv on PATH); on failure show its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
