@@ -81,9 +81,22 @@ class DownloadParams(Section):
     extra: dict = {}
 
 
+class ShardParams(Section):
+    """Deterministic webdataset shards for training (see pipeline/shards.py)."""
+
+    seed: int = 0
+    samples_per_shard: int = Field(1000, ge=1)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    # Short text of the short branch: the long caption's first sentence (Long-CLIP's convention), the source's alt
+    # text, or both (alt text for a seeded `alt_text_rate` of samples).
+    short_text: Literal["first_sentence", "alt_text", "both"] = "first_sentence"
+    alt_text_rate: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class Params(Section):
     source: SourceParams = SourceParams()
     download: DownloadParams = DownloadParams()
+    shard: ShardParams = ShardParams()
 
 
 class ParamsError(ValueError):
