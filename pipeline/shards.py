@@ -102,22 +102,29 @@ def load_raw_records(raw_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "raw_shard"])
 
 
-def load_captions(captions_dir: Path) -> pd.DataFrame:
-    frames = [pd.read_parquet(p) for p in sorted(captions_dir.glob("*.parquet"))]
-    captions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "status"])
-    if captions["key"].duplicated().any():
-        raise ShardInputError(f"{captions_dir}: several caption rows share a key")
-    return captions.set_index("key")
+def load_captions(captions_dir: Path) -> dict[str, dict]:
+    """key -> caption row, from every captions parquet."""
+    captions = {}
+    for parquet in sorted(captions_dir.glob("*.parquet")):
+        for row in pd.read_parquet(parquet).to_dict("records"):
+            if row["key"] in captions:
+                raise ShardInputError(f"{parquet}: key {row['key']!r} is captioned more than once")
+            captions[row["key"]] = row
+    return captions
 
 
-def sample_json(row: pd.Series, caption: pd.Series, rule: str) -> dict:
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def sample_json(row: dict, caption: dict, rule: str) -> dict:
     meta = {
         "key": row["key"], "uid": row.get("uid", row["key"]), "url": row.get("url"),
         "alt_text": row.get("caption") or "", "caption_model": caption.get("model"),
-        "prompt_id": None if pd.isna(caption.get("prompt_id")) else int(caption["prompt_id"]),
+        "prompt_id": int(caption["prompt_id"]) if _present(caption.get("prompt_id")) else None,
         "short_text_rule": rule,
         "original_size": [int(row["original_width"]), int(row["original_height"])]
-        if pd.notna(row.get("original_width")) else None,
+        if _present(row.get("original_width")) else None,
     }
     if isinstance(row.get("long_description"), str):
         meta["long_description"] = row["long_description"]
@@ -139,10 +146,10 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.Dat
                                   f"{tar.stem}.parquet are missing)")
         images.update(found)
     rows, kept = [], {}
-    for _, row in tqdm(records.iterrows(), total=len(records), desc="shard: join", unit="img"):
+    for row in tqdm(records.to_dict("records"), desc="shard: join", unit="img"):
         key, uid = row["key"], str(row.get("uid", row["key"]))
         entry = {"key": key, "uid": uid, "raw_shard": row["raw_shard"]}
-        caption = captions.loc[key] if key in captions.index else None
+        caption = captions.get(key)
         data = images[key]
         if caption is None:
             entry["fate"] = "no_caption"
