@@ -1,0 +1,25 @@
+"""FIX-CLIP model library on top of open_clip (composition: open_clip's modules are called, never copied).
+
+Paper equation / component -> code
+-----------------------------------
+Long-CLIP knowledge-preserving stretch, P'(p) = P(p) for p < 20,
+  P'(p) = (1 - a) P(i) + a P(i+1) with t = 20 + (p - 20)/4 (77 -> 248)   text_stretch.stretch_positions
+Positions 0..19 frozen                                                  text_stretch.StretchedPositions (buffer)
+248-token tokenizer                                                     text_stretch.long_tokenizer
+Dual branch: masked image x_m = replace 75% patch tokens with e_mask    masking.random_patch_mask, MaskEmbedding,
+                                                                        model.FixClip._masked
+Regional prompts P_l..P_L and the unidirectional attention mask         regional_prompts.regional_attention_mask,
+                                                                        RegionalPrompts, model.FixClip._image_tower
+GTA: g_k = sum_j a_j h_{(k-1)S+j}, a_j = N(j; S, 1) / sum               hfa.gaussian_group_weights, GroupAlignmentHead
+GMF: z_k = LayerNorm(Linear_k(g_k)), per group and tower                hfa.GroupAlignmentHead.projections
+Symmetric InfoNCE with label smoothing                                  loss.info_nce
+L = sum_{i=K..G} w_i L_mi + L_short + L_long                            loss.FixClipLoss
+Module switches and hyper-parameters (M, l, G, K, w_i, ratio, ...)      config.FixClipConfig
+The model (open_clip-compatible encode_image / encode_text)             model.FixClip
+Base CLIP from a config + local weights file (no hub)                   base_model.load_clip, build_clip
+"""
+from .config import FixClipConfig
+from .loss import FixClipLoss, info_nce
+from .model import FixClip
+
+__all__ = ["FixClip", "FixClipConfig", "FixClipLoss", "info_nce"]

@@ -1,0 +1,49 @@
+"""Regional prompts with a unidirectional attention mask (FIX-CLIP, Sec. 3.3).
+
+Sequence layout inside an image layer that carries prompts: [CLS, patch_1..patch_N, prompt_1..prompt_M].
+Mask rule (additive, 0 = may attend, -inf = may not):
+  * CLS attends to every token;
+  * a patch attends to CLS and to all patches (never to prompts, so patch features are those of plain CLIP);
+  * prompt j attends to itself and to its contiguous raster block of N / M patches,
+    patches j * N/M .. (j + 1) * N/M - 1.
+"""
+import torch
+from torch import nn
+
+
+def regional_attention_mask(num_patches: int, num_prompts: int) -> torch.Tensor:
+    """Float [1 + N + M, 1 + N + M] additive mask implementing the rule above (row = query, column = key)."""
+    n, m = num_patches, num_prompts
+    block = n // m
+    size = 1 + n + m
+    allowed = torch.zeros(size, size, dtype=torch.bool)
+    allowed[0, :] = True
+    allowed[1:1 + n, :1 + n] = True
+    prompt_rows = torch.arange(m)
+    patch_block = (torch.arange(n) // block)
+    allowed[1 + n:, 1:1 + n] = prompt_rows[:, None] == patch_block[None, :]
+    allowed[1 + n + prompt_rows, 1 + n + prompt_rows] = True
+    mask = torch.zeros(size, size)
+    return mask.masked_fill_(~allowed, float("-inf"))
+
+
+class RegionalPrompts(nn.Module):
+    """M zero-initialised prompt tokens per image layer l..L, dropped before pooling.
+
+    Our choice where the paper is silent: each layer adds its fresh parameters to the prompt outputs of the layer
+    before (at layer l they enter alone). Were the previous outputs replaced instead, a prompt's own attention (to
+    itself and its region) would never reach the output: only CLS reads prompts, and it would read fresh
+    parameters. Carried forward, each prompt accumulates its region's features, which CLS then reads.
+    """
+
+    def __init__(self, num_layers: int, num_prompts: int, width: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.zeros(num_layers, num_prompts, width))
+
+    def insert(self, tokens: torch.Tensor, layer: int, keep: int) -> torch.Tensor:
+        """Tokens after ``keep`` (CLS + patches) are the previous layer's prompt outputs, if any: add this layer's
+        prompts to them, or append this layer's prompts at the first prompt layer."""
+        prompts = self.tokens[layer].to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        if tokens.shape[1] > keep:
+            prompts = tokens[:, keep:] + prompts
+        return torch.cat([tokens[:, :keep], prompts], dim=1)

@@ -1,0 +1,86 @@
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from open_clip import ClipLoss
+
+from fixclip.loss import FixClipLoss, info_nce
+
+
+def _features(n=8, d=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(n, d, generator=gen), dim=-1),
+            F.normalize(torch.randn(n, d, generator=gen), dim=-1))
+
+
+def test_info_nce_without_smoothing_equals_open_clip_clip_loss():
+    image, text = _features()
+    scale = torch.tensor(14.3)
+    torch.testing.assert_close(info_nce(image, text, scale), ClipLoss()(image, text, scale))
+
+
+def test_info_nce_label_smoothing_by_hand():
+    image, text = _features(n=4)
+    scale, eps = torch.tensor(10.0), 0.1
+    target = torch.full((4, 4), eps / 4) + torch.eye(4) * (1 - eps)
+
+    def smoothed_ce(logits):
+        return -(target * logits.log_softmax(-1)).sum(-1).mean()
+
+    logits = scale * image @ text.T
+    expected = (smoothed_ce(logits) + smoothed_ce(logits.T)) / 2
+    torch.testing.assert_close(info_nce(image, text, scale, label_smoothing=eps), expected)
+
+
+def test_total_is_weighted_hfa_plus_short_plus_long():
+    feats = [_features(seed=s) for s in range(4)]
+    out = {"image_features": feats[0][0], "text_features": feats[0][1], "logit_scale": torch.tensor(20.0),
+           "short_image_features": feats[1][0], "short_text_features": feats[1][1],
+           "hfa_image": [feats[2][0], feats[3][0]], "hfa_text": [feats[2][1], feats[3][1]]}
+    parts = FixClipLoss(label_smoothing=0.1, hfa_weights=(0.3, 0.7), hfa_first_group=2)(out)
+    assert set(parts) == {"loss", "long", "short", "hfa_2", "hfa_3"}
+    nce = [info_nce(i, t, torch.tensor(20.0), 0.1) for i, t in feats]
+    torch.testing.assert_close(parts["loss"], 0.3 * nce[2] + 0.7 * nce[3] + nce[1] + nce[0])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: FixClipLoss):
+    out = {"logit_scale": torch.tensor(10.0), "hfa_image": [], "hfa_text": []}
+    feats = [F.normalize(f, dim=-1) for f in model(inputs).chunk(6, dim=-1)]
+    out.update(image_features=feats[0], text_features=feats[1], short_image_features=feats[2],
+               short_text_features=feats[3], hfa_image=[feats[4]], hfa_text=[feats[5]])
+    loss = loss_fn(out)["loss"]
+    model.zero_grad()
+    loss.backward()
+    return loss.detach(), model.weight.grad.clone()
+
+
+def _distributed_worker(rank: int, world_size: int, port: int):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 6 * 8, bias=False)
+        inputs = torch.randn(4 * world_size, 5)
+        loss_args = dict(label_smoothing=0.1, hfa_weights=(0.5,))
+        ref_loss, ref_grad = _loss_and_grads(model, inputs, FixClipLoss(**loss_args))
+        local = inputs.chunk(world_size)[rank]
+        loss, grad = _loss_and_grads(model, local, FixClipLoss(**loss_args, rank=rank, world_size=world_size))
+        dist.all_reduce(grad)
+        grad /= world_size  # what DDP does to parameter gradients
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch():
+    mp.spawn(_distributed_worker, args=(2, _free_port()), nprocs=2, join=True)
