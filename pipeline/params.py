@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from pipeline.caption_params import CaptionParams
 from pipeline.schema import Section
 
 PARAMS_FILE = "params.yaml"
@@ -96,6 +97,7 @@ class ShardParams(Section):
 class Params(Section):
     source: SourceParams = SourceParams()
     download: DownloadParams = DownloadParams()
+    caption: CaptionParams = CaptionParams()
     shard: ShardParams = ShardParams()
 
 

@@ -1,0 +1,25 @@
+"""DVC stage `caption`: data/raw -> data/captions/<shard>.parquet + metrics/caption.json.
+
+Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`), captions every image with a prompt drawn
+per image from `caption.prompts`, filters the captions, and resumes shard by shard after a crash.
+"""
+from pathlib import Path
+
+from pipeline import caption_run
+from pipeline.params import exit_on_params_error, load_params
+
+RAW = Path("data/raw")
+CAPTIONS = Path("data/captions")
+METRICS = Path("metrics/caption.json")
+SERVER_LOGS = Path("logs/caption")
+
+
+def main() -> None:
+    params = load_params().caption
+    metrics = caption_run.run(params, RAW, CAPTIONS, METRICS, SERVER_LOGS)
+    print(f"caption: {metrics['ok']}/{metrics['images']} captions kept, {metrics['images_per_s']} images/s")
+
+
+if __name__ == "__main__":
+    with exit_on_params_error():
+        main()
