@@ -8,7 +8,6 @@ row whose status is `ok`, a rejection class, or `failed`, so the metrics' counts
 import asyncio
 import hashlib
 import json
-import os
 import tarfile
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.caption_client import CaptionResult, ImageItem, caption_stream
 from pipeline.caption_filters import STATUSES
 from pipeline.caption_params import CaptionParams
+from pipeline.outputs import write_bytes, write_json
 from pipeline.vllm_fleet import VllmFleet
 
 FINGERPRINT_FILE = "_fingerprint.json"
@@ -79,15 +79,6 @@ def fingerprint(params: CaptionParams) -> dict:
     return {"params": params.content_fingerprint(), "model": model_identity(params.model)}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str) -> None:
     rows = sorted(rows, key=lambda r: r.key)
     table = pa.Table.from_pydict({
@@ -101,7 +92,7 @@ def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str
     }, schema=SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    atomic_write_bytes(out_dir / f"{shard}.parquet", sink.getvalue().to_pybytes())
+    write_bytes(out_dir / f"{shard}.parquet", sink.getvalue().to_pybytes())
 
 
 def finished_keys(parquet_path: Path) -> list[str] | None:
@@ -120,7 +111,7 @@ def prepare_out_dir(out_dir: Path, stamp: dict, shards: set[str]) -> None:
         if path.name.endswith(".tmp") or stale_shard:
             path.unlink()
     if not same:
-        atomic_write_bytes(stamp_path, json.dumps(stamp, indent=1, sort_keys=True).encode())
+        write_json(stamp_path, stamp)
 
 
 async def caption_shards(
@@ -184,6 +175,5 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "images_per_s": round(captioned / seconds, 3) if captioned else 0.0,
         "tokens_per_s": round(stats["tokens"] / seconds, 3) if captioned else 0.0,
     }
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
+    write_json(metrics_path, metrics)
     return metrics

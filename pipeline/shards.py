@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.outputs import write_parquet
+from pipeline.outputs import atomic_path, write_parquet
 from pipeline.params import ShardParams
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -182,13 +182,11 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 def write_shard(path: Path, samples: Iterator[tuple[str, bytes, str, str, str]]) -> None:
     """One tar of (uid, image bytes, long, short, json) samples, written to a temp name then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as archive:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as archive:
         for uid, image, long, short, meta in samples:
             for suffix, data in (("jpg", image), ("long.txt", long.encode()), ("short.txt", short.encode()),
                                  ("json", meta.encode())):
                 archive.addfile(*_member(f"{uid}.{suffix}", data))
-    tmp.replace(path)
 
 
 def write(index: pd.DataFrame, images: dict[str, bytes], out_dir: Path, samples_per_shard: int) -> dict:

@@ -1,24 +1,35 @@
 """Real `dvc repro` in a temporary git repository: outputs, caching, and which stages a params change reruns."""
+import hashlib
 import io
 import json
+import os
 import tarfile
 
 import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import run
+from tests.conftest import REPO, run
 
 pytestmark = pytest.mark.slow
+VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
+
+
+def _commit(root, message):
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], root)
 
 
 def _shrink(root):
-    """The embedded default, made small enough for a test."""
+    """The embedded default, made small enough for a test (the copy has no vLLM environment of its own)."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["source"]["toyworld"]["num_images"] = 40
     params["download"].update(number_sample_per_shard=16, processes_count=1, thread_count=4)
+    params["caption"].update(python=str(VLLM_PYTHON))
+    params["caption"]["sampling"]["max_tokens"] = 32
+    params["shard"].update(samples_per_shard=16, val_fraction=0.2)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "small"], root)
+    _commit(root, "small")
 
 
 def _ran(output: str) -> set[str]:
@@ -35,27 +46,56 @@ def _image_sizes(raw):
     return sizes
 
 
-def test_repro_caches_and_reruns_only_what_changed(repo_copy):
+def _digests(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _metrics(root, stage):
+    return json.loads((root / "metrics" / f"{stage}.json").read_text())
+
+
+def _processes_in(root) -> list[int]:
+    """Processes whose working folder is inside `root` (a leftover vLLM server would be one)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(root)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM environment (make envs)")
+def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download"}
-    assert (repo_copy / "data/urls.parquet").is_file()
-    metrics = json.loads((repo_copy / "metrics/download.json").read_text())
-    assert metrics["urls"] == 40 == metrics["success"] + sum(metrics["failures"].values())
-    assert metrics["shards"] == 3 and len(list((repo_copy / "data/raw").glob("*.tar"))) == 3
+    assert _ran(first.stdout) == {"source", "download", "caption", "shard"}
+    assert not _processes_in(repo_copy)  # no server left behind
+    download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
+    assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())
+    assert caption["images"] == download["success"] == shard["raw_images"]
+    assert shard["train"] + shard["val"] + sum(v for k, v in shard.items() if k.startswith("dropped_")) == 40
     assert _image_sizes(repo_copy / "data/raw") == {(64, 64)}
-    run(["git", "add", "-A"], repo_copy)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo_copy)
+    _commit(repo_copy, "run")
 
     again = run(["dvc", "repro"], repo_copy)
-    assert _ran(again.stdout) == set()
-    assert "Data and pipelines are up to date." in again.stdout
+    assert _ran(again.stdout) == set() and "Data and pipelines are up to date." in again.stdout
 
-    experiment = run(["dvc", "exp", "run", "-S", "download.image_size=48"], repo_copy)
-    assert _ran(experiment.stdout) == {"download"}
+    shards = _digests(repo_copy / "data/shards")
+    run(["dvc", "repro", "-f", "-s", "shard"], repo_copy)
+    assert _digests(repo_copy / "data/shards") == shards  # byte-identical rewrite
+
+    assert _ran(run(["dvc", "exp", "run", "-S", "shard.short_text=alt_text"], repo_copy).stdout) == {"shard"}
+    caption_rerun = run(["dvc", "exp", "run", "-S", "caption.sampling.max_tokens=24"], repo_copy)
+    assert _ran(caption_rerun.stdout) == {"caption", "shard"}
+    download_rerun = run(["dvc", "exp", "run", "-S", "download.image_size=48"], repo_copy)
+    assert _ran(download_rerun.stdout) == {"download", "caption", "shard"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     assert shown[""]["data"]["metrics/download.json"]["data"]["success"] == 40
+    assert not _processes_in(repo_copy)
 
 
 def test_bad_params_fail_repro_naming_the_key(repo_copy):
