@@ -13,7 +13,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pipeline.caption_params import CaptionParams
+from pipeline.evaluate_params import EvaluateParams
 from pipeline.schema import Section
+from pipeline.train_params import TrainParams
 
 PARAMS_FILE = "params.yaml"
 
@@ -99,6 +101,8 @@ class Params(Section):
     download: DownloadParams = DownloadParams()
     caption: CaptionParams = CaptionParams()
     shard: ShardParams = ShardParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 class ParamsError(ValueError):

@@ -1,0 +1,21 @@
+"""DCI, Densely Captioned Images (Urbanek et al. 2024): ``densely_captioned_images/annotations/*.json`` with the
+SA-1B photos in ``densely_captioned_images/photos/``; 7,805 images."""
+import json
+from pathlib import Path
+
+from .types import RetrievalBenchmark
+
+DEFAULT_FIELDS = ("short_caption", "extra_caption")
+
+
+def load(root: str, fields: tuple[str, ...] | list[str] = DEFAULT_FIELDS) -> RetrievalBenchmark:
+    """Every annotation (sorted by file name); the caption joins ``fields`` with spaces (empty ones skipped)."""
+    annotations = sorted(Path(root, "annotations").glob("*.json"))
+    if not annotations:
+        raise FileNotFoundError(f"no annotations/*.json under {root}")
+    images, captions = [], []
+    for path in annotations:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        images.append(Path(root, "photos", record["image"]))
+        captions.append([" ".join(str(record[f]).strip() for f in fields if str(record.get(f) or "").strip())])
+    return RetrievalBenchmark(images, captions)

@@ -1,0 +1,41 @@
+"""Optimizer, learning-rate schedule and logit-scale handling (Long-CLIP's recipe where FIX-CLIP is silent)."""
+import math
+
+import torch
+from torch import nn
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: biases, norm gains, logit_scale and 1-D embeddings are not
+    decayed (open_clip_train's and Long-CLIP's rule)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+
+
+def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (0-based ``step``)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def reset_logit_scale(logit_scale: nn.Parameter, value: float) -> None:
+    """Set the temperature to 1 / ``value`` (Long-CLIP resets the logit scale to ln 100)."""
+    logit_scale.fill_(math.log(value))
+
+
+@torch.no_grad()
+def clamp_logit_scale(logit_scale: nn.Parameter, max_value: float) -> None:
+    """After every optimizer step, as open_clip_train: 0 <= logit_scale <= ln ``max_value``."""
+    logit_scale.clamp_(0, math.log(max_value))

@@ -1,0 +1,76 @@
+"""DVC stage `evaluate`: base and trained model on the benchmarks in params -> metrics/eval.json + bar-plot data.
+
+Writes data/toy_benchmark/ (when a toy benchmark is listed), metrics/eval.json ({benchmark: {model: metrics}}) and
+plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per model so a bar plot shows
+base and trained side by side).
+"""
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from fixclip.benchmarks import ADAPTERS
+from fixclip.eval_encode import CachedEncoder
+from fixclip.eval_models import load_base, load_model_folder
+from fixclip.evaluate import evaluate_all, plot_rows
+from pipeline.evaluate_params import EvaluateParams
+from pipeline.outputs import write_json
+from pipeline.params import ToyWorldParams, exit_on_params_error, load_params
+from pipeline.toy_benchmark import generate
+from pipeline.train_params import BaseModelParams
+
+TOY_DIR = Path("data/toy_benchmark")
+METRICS = Path("metrics/eval.json")
+PLOTS = Path("plots/eval")
+
+
+def load_models(params: EvaluateParams, base: BaseModelParams) -> dict:
+    models = {"base": load_base(base.config, base.weights)}
+    if params.trained_model is not None:
+        models["trained"] = load_model_folder(params.trained_model, base.config)
+    return models
+
+
+def load_benchmark(entry, toy_dir: Path):
+    """The adapter of `entry.kind` called with the entry's options (toy: the generated folder)."""
+    kwargs = entry.adapter_kwargs()
+    if entry.kind == "toy":
+        kwargs["root"] = str(toy_dir)
+    return ADAPTERS[entry.kind](**kwargs)
+
+
+def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        with open(plots_dir / f"{model}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["task", "score"])
+            writer.writeheader()
+            writer.writerows({"task": r["task"], "score": round(r["score"], 4)} for r in plot_rows(results, model))
+
+
+def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
+        plots_dir: Path = PLOTS) -> dict:
+    """Generate the toy benchmark if listed, evaluate every model on every benchmark, write metrics and plots."""
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    start = time.perf_counter()
+    if any(entry.kind == "toy" for entry in params.benchmarks):
+        generate(params.toy, world, toy_dir)
+    models = load_models(params, base)
+    encoders = [CachedEncoder(model, name, params.batch_size, params.workers) for name, model in models.items()]
+    results = evaluate_all(encoders, {entry.name: load_benchmark(entry, toy_dir) for entry in params.benchmarks})
+    write_json(metrics_path, results)
+    write_plots(results, list(models), plots_dir)
+    print(f"evaluate: {len(results)} benchmarks x {len(models)} models in {time.perf_counter() - start:.1f} s")
+    return results
+
+
+def main() -> None:
+    params = load_params()
+    run(params.evaluate, params.train.base_model, params.source.toyworld)
+
+
+if __name__ == "__main__":
+    with exit_on_params_error():
+        main()
