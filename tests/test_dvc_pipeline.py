@@ -28,6 +28,9 @@ def _shrink(root):
     params["caption"].update(python=str(VLLM_PYTHON))
     params["caption"]["sampling"]["max_tokens"] = 32
     params["shard"].update(samples_per_shard=16, val_fraction=0.2)
+    params["train"].update(epochs=None, samples=64, batch_size=16, num_workers=1, checkpoint_every=2,
+                           shuffle_buffer=16)
+    params["evaluate"]["toy"].update(num_images=24, num_classification_images=48)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _commit(root, "small")
 
@@ -71,13 +74,19 @@ def _processes_in(root) -> list[int]:
 def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download", "caption", "shard"}
+    assert _ran(first.stdout) == {"source", "download", "caption", "shard", "train", "evaluate"}
     assert not _processes_in(repo_copy)  # no server left behind
     download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
     assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())
     assert caption["images"] == download["success"] == shard["raw_images"]
     assert shard["train"] + shard["val"] + sum(v for k, v in shard.items() if k.startswith("dropped_")) == 40
     assert _image_sizes(repo_copy / "data/raw") == {(64, 64)}
+    assert _metrics(repo_copy, "train")["samples"] == 64
+    evaluation = _metrics(repo_copy, "eval")
+    assert set(evaluation) == {"toy_long", "toy_short", "toy_zeroshot"}
+    assert all(set(per_model) == {"base", "trained"} for per_model in evaluation.values())
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
+    assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
     _commit(repo_copy, "run")
 
     again = run(["dvc", "repro"], repo_copy)
@@ -87,11 +96,14 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     run(["dvc", "repro", "-f", "-s", "shard"], repo_copy)
     assert _digests(repo_copy / "data/shards") == shards  # byte-identical rewrite
 
-    assert _ran(run(["dvc", "exp", "run", "-S", "shard.short_text=alt_text"], repo_copy).stdout) == {"shard"}
-    caption_rerun = run(["dvc", "exp", "run", "-S", "caption.sampling.max_tokens=24"], repo_copy)
-    assert _ran(caption_rerun.stdout) == {"caption", "shard"}
-    download_rerun = run(["dvc", "exp", "run", "-S", "download.image_size=48"], repo_copy)
-    assert _ran(download_rerun.stdout) == {"download", "caption", "shard"}
+    def rerun(change):
+        return _ran(run(["dvc", "exp", "run", "-S", change], repo_copy).stdout)
+
+    assert rerun("evaluate.batch_size=8") == {"evaluate"}
+    assert rerun("train.fixclip.regional_prompts=false") == {"train", "evaluate"}
+    assert rerun("shard.short_text=alt_text") == {"shard", "train", "evaluate"}
+    assert rerun("caption.sampling.max_tokens=24") == {"caption", "shard", "train", "evaluate"}
+    assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     assert shown[""]["data"]["metrics/download.json"]["data"]["success"] == 40
