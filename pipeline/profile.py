@@ -11,6 +11,7 @@ import io
 import sys
 from pathlib import Path
 
+import yaml
 from ruamel.yaml import YAML
 
 from pipeline.params import PARAMS_FILE, ParamsError, parse_params
@@ -26,14 +27,14 @@ def merge(base, override) -> None:
 
 
 def apply(profile: Path, params_file: Path, check_only: bool = False) -> None:
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    params = yaml.load(params_file.read_text())
-    override = YAML(typ="safe").load(profile.read_text()) or {}
-    merge(params, override)
+    round_trip = YAML()  # keeps comments, and each scalar as written (1.0e-06 stays a float for YAML 1.1 readers)
+    round_trip.preserve_quotes = True
+    params = round_trip.load(params_file.read_text())
+    merge(params, round_trip.load(profile.read_text()) or {})
     buffer = io.StringIO()
-    yaml.dump(params, buffer)
-    parse_params(YAML(typ="safe").load(buffer.getvalue()), f"{params_file} + {profile}")
+    round_trip.dump(params, buffer)
+    # Validate what the stages will read, with the loader they use.
+    parse_params(yaml.safe_load(buffer.getvalue()), f"{params_file} + {profile}")
     if not check_only:
         params_file.write_text(buffer.getvalue())
 
