@@ -1,7 +1,7 @@
 """Writing stage outputs atomically: a reader (or a resumed run) never sees a half-written file."""
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +15,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     `path`. On error the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A fresh name, not mkstemp: the writer creates the file, so it gets the usual umask permissions (not 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
