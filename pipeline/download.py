@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.outputs import write_bytes
 from pipeline.params import DownloadParams, ParamsError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
@@ -93,8 +94,7 @@ def prepare_output(out_dir: Path, expected: str) -> None:
     marker = out_dir / FINGERPRINT
     if out_dir.exists() and (not marker.exists() or marker.read_text() != expected):
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(expected)
+    write_bytes(marker, expected.encode())
 
 
 def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:

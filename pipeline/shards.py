@@ -133,8 +133,9 @@ def sample_json(row: dict, caption: dict, rule: str) -> dict:
     return meta
 
 
-def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.DataFrame, dict[str, bytes]]:
-    """Decide every raw image's fate; returns the index (one row per image) and the kept images' bytes."""
+def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.DataFrame, dict[str, bytes], int]:
+    """Decide every raw image's fate; returns the index (one row per image), the kept images' bytes and the number
+    of caption rows read."""
     records = load_raw_records(raw_dir)
     captions = load_captions(captions_dir)
     images: dict[str, bytes] = {}
@@ -169,7 +170,7 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.Dat
     if index["uid"].duplicated().any():
         raise ShardInputError(f"{raw_dir}: several images share a uid")
     index["order"] = [unit_hash(params.seed, "order", uid) for uid in index["uid"]]
-    return index.sort_values(["order", "uid"]).drop(columns="order").reset_index(drop=True), kept
+    return index.sort_values(["order", "uid"]).drop(columns="order").reset_index(drop=True), kept, len(captions)
 
 
 def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -209,12 +210,12 @@ def write(index: pd.DataFrame, images: dict[str, bytes], out_dir: Path, samples_
     return shard_counts
 
 
-def count(index: pd.DataFrame, captions_dir: Path, shard_counts: dict) -> dict:
+def count(index: pd.DataFrame, caption_rows: int, shard_counts: dict) -> dict:
     """The stage's accounting; raises if it does not add up."""
     fates = index["fate"].value_counts().to_dict() if len(index) else {}
     metrics = {
         "raw_images": len(index),
-        "captioned": int(sum(len(pd.read_parquet(p, columns=["key"])) for p in captions_dir.glob("*.parquet"))),
+        "captioned": caption_rows,
         **{f"dropped_{reason}": int(fates.get(reason, 0)) for reason in DROP_REASONS},
         "train": int(fates.get("train", 0)),
         "val": int(fates.get("val", 0)),
@@ -228,6 +229,6 @@ def count(index: pd.DataFrame, captions_dir: Path, shard_counts: dict) -> dict:
 
 
 def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -> dict:
-    index, images = plan(raw_dir, captions_dir, params)
+    index, images, caption_rows = plan(raw_dir, captions_dir, params)
     shard_counts = write(index, images, out_dir, params.samples_per_shard)
-    return count(index, captions_dir, shard_counts)
+    return count(index, caption_rows, shard_counts)
