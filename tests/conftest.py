@@ -1,4 +1,5 @@
 """Shared fixtures: a loopback HTTP server with programmable routes, and a throwaway copy of this repository."""
+import hashlib
 import os
 import shutil
 import socket
@@ -52,11 +53,17 @@ def http_server():
     server.server_close()
 
 
-def closed_port() -> int:
-    """A loopback port with nothing listening (connections are refused)."""
+def free_port() -> int:
+    """A loopback port with nothing listening: free to bind, and connections to it are refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under folder, by relative path: equal dicts mean byte-identical trees."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def project_files() -> list[str]:

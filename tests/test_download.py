@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline import download
 from pipeline.params import DownloadParams, ParamsError
-from tests.conftest import closed_port
+from tests.conftest import free_port
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -50,7 +50,7 @@ def _cases(base: str, routes: dict) -> dict[str, str | None]:
         f"{base}/truncated.jpg": "any",  # decoders may recover a partial image
         f"{base}/not-an-image.jpg": "decode_error",
         f"{base}/missing.jpg": "http_404",
-        f"http://127.0.0.1:{closed_port()}/refused.jpg": "connection_refused",
+        f"http://127.0.0.1:{free_port()}/refused.jpg": "connection_refused",
         f"{base}/slow.jpg": "timeout",
     }
 

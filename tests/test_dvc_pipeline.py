@@ -1,5 +1,4 @@
 """Real `dvc repro` in a temporary git repository: outputs, caching, and which stages a params change reruns."""
-import hashlib
 import io
 import json
 import os
@@ -9,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, run
+from tests.conftest import REPO, file_digests, run
 
 pytestmark = pytest.mark.slow
 VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
@@ -47,11 +46,6 @@ def _image_sizes(raw):
                 if member.name.endswith(".jpg"):
                     sizes.add(Image.open(io.BytesIO(archive.extractfile(member).read())).size)
     return sizes
-
-
-def _digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _metrics(root, stage):
@@ -92,9 +86,9 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     again = run(["dvc", "repro"], repo_copy)
     assert _ran(again.stdout) == set() and "Data and pipelines are up to date." in again.stdout
 
-    shards = _digests(repo_copy / "data/shards")
+    shards = file_digests(repo_copy / "data/shards")
     run(["dvc", "repro", "-f", "-s", "shard"], repo_copy)
-    assert _digests(repo_copy / "data/shards") == shards  # byte-identical rewrite
+    assert file_digests(repo_copy / "data/shards") == shards  # byte-identical rewrite
 
     def rerun(change):
         return _ran(run(["dvc", "exp", "run", "-S", change], repo_copy).stdout)

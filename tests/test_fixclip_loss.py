@@ -1,4 +1,3 @@
-import socket
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from fixclip.loss import FixClipLoss, info_nce
+from tests.conftest import free_port
 
 
 def _features(n=8, d=16, seed=0):
@@ -46,12 +46,6 @@ def test_total_is_weighted_hfa_plus_short_plus_long():
     torch.testing.assert_close(parts["loss"], 0.3 * nce[2] + 0.7 * nce[3] + nce[1] + nce[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: FixClipLoss):
     out = {"logit_scale": torch.tensor(10.0), "hfa_image": [], "hfa_text": []}
     feats = [F.normalize(f, dim=-1) for f in model(inputs).chunk(6, dim=-1)]
@@ -83,4 +77,4 @@ def _distributed_worker(rank: int, world_size: int, port: int):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch():
-    mp.spawn(_distributed_worker, args=(2, _free_port()), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, free_port()), nprocs=2, join=True)

@@ -1,5 +1,4 @@
 """The shard stage: exact accounting, reproducible bytes, short-text rules, seeded split, safe tar reading."""
-import hashlib
 import io
 import json
 import tarfile
@@ -11,6 +10,7 @@ from PIL import Image
 
 from pipeline import shards
 from pipeline.params import ShardParams
+from tests.conftest import file_digests
 
 
 def _jpeg(seed: int) -> bytes:
@@ -67,11 +67,6 @@ def _read(tar_path):
         return [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
 
 
-def _digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
 def test_every_image_accounted(tmp_path, inputs):
     raw, captions = inputs
     metrics = shards.run(ShardParams(samples_per_shard=3, val_fraction=0.3), raw, captions, tmp_path / "out")
@@ -107,9 +102,9 @@ def test_two_runs_give_identical_bytes(tmp_path, inputs):
     params = ShardParams(samples_per_shard=4, val_fraction=0.25)
     shards.run(params, raw, captions, tmp_path / "a")
     shards.run(params, raw, captions, tmp_path / "b")
-    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
     shards.run(params.model_copy(update={"seed": 1}), raw, captions, tmp_path / "c")
-    assert _digests(tmp_path / "a") != _digests(tmp_path / "c")
+    assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
 
 
 def test_short_text_rules():

@@ -1,5 +1,4 @@
 """The toy world is deterministic, its long descriptions outgrow CLIP's 77 tokens, its alt text is partial."""
-import hashlib
 import json
 
 import numpy as np
@@ -8,24 +7,21 @@ import pandas as pd
 
 from pipeline import toyworld
 from pipeline.params import ToyWorldParams
-
-
-def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+from tests.conftest import file_digests
 
 
 def test_same_seed_same_bytes(tmp_path):
     params = ToyWorldParams(num_images=40)
     first = toyworld.generate(params, tmp_path / "a")
     second = toyworld.generate(params, tmp_path / "b")
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
     pd.testing.assert_frame_equal(first.drop(columns="url"), second.drop(columns="url"))
 
 
 def test_other_seed_other_world(tmp_path):
     toyworld.generate(ToyWorldParams(num_images=10, seed=0), tmp_path / "a")
     toyworld.generate(ToyWorldParams(num_images=10, seed=1), tmp_path / "b")
-    assert set(_digest(tmp_path / "a").values()).isdisjoint(_digest(tmp_path / "b").values())
+    assert set(file_digests(tmp_path / "a").values()).isdisjoint(file_digests(tmp_path / "b").values())
 
 
 def test_scene_does_not_depend_on_world_size(tmp_path):
