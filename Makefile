@@ -31,8 +31,8 @@ $(VENV)/.ready: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-$(VLLM_VENV)/.ready: pipeline/vllm_env_fix.py
+$(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q '$(VLLM_SPEC)'
-	$(VLLM_VENV)/bin/python pipeline/vllm_env_fix.py
+	$(VLLM_VENV)/bin/python .ci/vllm_env_fix.py
 	touch $@

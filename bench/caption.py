@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/caption.py [--images 128] [--repeats 6] [--concurrency N]
 
-Side A: `pipeline.caption_run.run` (tar reading, our async client, parquet writing) against one vLLM server that
+Side A: `pipeline.caption.run.run` (tar reading, our async client, parquet writing) against one vLLM server that
 `VllmFleet` starts with the caption params' server options. Side B: the same requests through vLLM's offline
 `LLM.chat` (i.e. `LLM.generate` after the same chat template), in a subprocess of the vLLM environment, with the
 same engine options and per-image prompt and seed. Both engines stay loaded; after a warm-up pass each, the timed
@@ -110,7 +110,7 @@ def write_raw_shard(raw_dir: Path, n_images: int) -> list[tuple[str, bytes]]:
 
 
 def stage_pass(params, raw_dir: Path, out: Path) -> float:
-    from pipeline.caption_run import run
+    from pipeline.caption.run import run
 
     started = time.perf_counter()
     run(params, raw_dir, out, out.with_suffix(".json"), out.parent / "logs")
@@ -118,7 +118,7 @@ def stage_pass(params, raw_dir: Path, out: Path) -> float:
 
 
 def offline_spec(params, images: list[tuple[str, bytes]]) -> dict:
-    from pipeline.caption_client import data_url, prompt_id_for, request_seed
+    from pipeline.caption.client import data_url, prompt_id_for, request_seed
 
     opts = params.server
     engine = {
@@ -154,8 +154,8 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from pipeline.caption_params import CaptionParams
-    from pipeline.vllm_fleet import VllmFleet
+    from pipeline.params.caption import CaptionParams
+    from pipeline.caption.fleet import VllmFleet
 
     params = CaptionParams(model=str(REPO / "assets/tiny_llava/model"), python=str(REPO / ".venv-vllm/bin/python"))
     if args.concurrency:

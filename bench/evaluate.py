@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fixclip.benchmarks import RetrievalBenchmark  # noqa: E402
-from fixclip.benchmarks.toy import load as load_toy  # noqa: E402
+from fixclip.eval.benchmarks import RetrievalBenchmark  # noqa: E402
+from fixclip.eval.benchmarks.toy import load as load_toy  # noqa: E402
 from fixclip.config import FixClipConfig  # noqa: E402
-from fixclip.eval_encode import CachedEncoder, eval_transform  # noqa: E402
-from fixclip.eval_models import load_base  # noqa: E402
-from fixclip.evaluate import evaluate_retrieval  # noqa: E402
+from fixclip.eval.encode import CachedEncoder, eval_transform  # noqa: E402
+from fixclip.model_folder import load_base  # noqa: E402
+from fixclip.eval.run import evaluate_retrieval  # noqa: E402
 from fixclip.model import FixClip  # noqa: E402
-from pipeline.evaluate_params import ToyBenchmarkParams  # noqa: E402
+from pipeline.params.evaluate import ToyBenchmarkParams  # noqa: E402
 from pipeline.params import ToyWorldParams  # noqa: E402
 from pipeline.toy_benchmark import generate  # noqa: E402
 

@@ -29,7 +29,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repository root, when run as a script
 from fixclip.config import FixClipConfig  # noqa: E402
-from fixclip.train_config import TrainConfig  # noqa: E402
+from fixclip.train.config import BaseModelConfig, TrainConfig  # noqa: E402
 
 WORDS = "red green blue yellow purple circle square triangle star ring left right top bottom small large".split()
 MODEL_NAME = "fixclip-bench-tiny"
@@ -68,16 +68,16 @@ def median_after_warmup(rates: list[float], warmup: int) -> float:
 
 
 def run_ours(work: Path, shards: Path, args) -> list[float]:
-    cfg = TrainConfig(shards=str(shards), base_model=str(REPO / "assets/base_clip/model.json"),
-                      base_weights=str(REPO / "assets/base_clip/weights.pt"), out_dir=str(work / "model"),
-                      checkpoint_dir=str(work / "checkpoints"), log_dir=str(work / "curves"),
-                      fixclip=FixClipConfig.plain(), batch_size=args.batch, samples=args.batch * args.steps,
+    cfg = TrainConfig(shards=str(shards), base_model=BaseModelConfig(config=str(REPO / "assets/base_clip/model.json"),
+                                                                     weights=str(REPO / "assets/base_clip/weights.pt")),
+                      fixclip=FixClipConfig.plain(), batch_size=args.batch, epochs=None, samples=args.batch * args.steps,
                       lr=5e-4, warmup_steps=2, threads=args.threads, num_workers=args.workers,
-                      checkpoint_every=10 ** 9, device="cpu", progress=False)
+                      checkpoint_every=10 ** 9, device="cpu")
     work.mkdir()
-    (work / "run.json").write_text(cfg.to_json())
-    subprocess.run([sys.executable, "-m", "fixclip.train", str(work / "run.json")], cwd=REPO, check=True,
-                   env=_env(args.threads), capture_output=True)
+    (work / "run.json").write_text(cfg.model_dump_json())
+    subprocess.run([sys.executable, "-m", "fixclip.train", str(work / "run.json"), "--out", str(work / "model"),
+                    "--checkpoints", str(work / "checkpoints"), "--curves", str(work / "curves"), "--no-progress"],
+                   cwd=REPO, check=True, env=_env(args.threads), capture_output=True)
     with open(work / "curves/plots/metrics/train/samples_per_s.tsv") as f:
         return [float(row["samples_per_s"]) for row in csv.DictReader(f, delimiter="\t")]
 
@@ -104,12 +104,12 @@ def loader_rate(shards: Path, args) -> list[float]:
     """Samples/s of the train stream alone (same workers, chunking, decode, transform, tokenisation)."""
     import open_clip
 
-    from fixclip.data import shard_list
-    from fixclip.train_data import (
+    from fixclip.train.data import (
         StreamLayout,
         TrainStream,
         count_samples,
         micro_batches,
+        shard_list,
     )
 
     tars = shard_list(shards)

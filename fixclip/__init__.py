@@ -15,11 +15,19 @@ GMF: z_k = LayerNorm(Linear_k(g_k)), per group and tower                hfa.Grou
 Symmetric InfoNCE with label smoothing                                  loss.info_nce
 L = sum_{i=K..G} w_i L_mi + L_short + L_long                            loss.FixClipLoss
 Module switches and hyper-parameters (M, l, G, K, w_i, ratio, ...)      config.FixClipConfig
+Training (loop, data stream, checkpoints, DDP, export)                  train/
+Evaluation (retrieval, zero-shot, benchmark adapters)                   eval/
 The model (open_clip-compatible encode_image / encode_text)             model.FixClip
 Base CLIP from a config + local weights file (no hub)                   base_model.load_clip, build_clip
 """
-from .config import FixClipConfig
-from .loss import FixClipLoss, info_nce
-from .model import FixClip
+import importlib
 
-__all__ = ["FixClip", "FixClipConfig", "FixClipLoss", "info_nce"]
+# Resolved on first use, so that validating params (fixclip.config) does not import torch and open_clip.
+_EXPORTS = {"FixClip": "model", "FixClipConfig": "config", "FixClipLoss": "loss", "info_nce": "loss"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -42,7 +42,7 @@ class FixClip(nn.Module):
         text_layers = len(tower.transformer.resblocks)
         self.num_patches = visual.grid_size[0] * visual.grid_size[1]
         base_context = tower.positional_embedding.shape[0]
-        cfg.validate(vision_layers, text_layers, self.num_patches, base_context)
+        cfg.check_fits(vision_layers, text_layers, self.num_patches, base_context)
         if (cfg.regional_prompts or cfg.dual_branch) and not isinstance(visual.patch_dropout, nn.Identity):
             raise ValueError("fixclip: regional prompts and masking need the 1 + N token layout; "
                              "set the base model's patch_dropout to 0")

@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.outputs import write_bytes
-from pipeline.params import DownloadParams, ParamsError
+from pipeline.params.download import DownloadParams
+from pipeline.params import ParamsError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 

@@ -17,7 +17,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.outputs import atomic_path, write_parquet
-from pipeline.params import ShardParams
+from pipeline.short_text import first_sentence
+from pipeline.params.shard import ShardParams
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
@@ -66,15 +67,6 @@ def decodable(data: bytes) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any decoder failure is the same drop class
         return False
-
-
-def first_sentence(text: str) -> str:
-    """Up to and including the first sentence end ('.', '!' or '?' followed by a space or the end)."""
-    text = " ".join(text.split())
-    for i, char in enumerate(text):
-        if char in ".!?" and (i + 1 == len(text) or text[i + 1] == " "):
-            return text[: i + 1]
-    return text
 
 
 def unit_hash(seed: int, purpose: str, uid: str) -> float:

@@ -1,6 +1,6 @@
 """The held-out toy benchmark: toy-world scenes from a seed the training world does not use.
 
-Written in the layout `fixclip/benchmarks/toy.py` reads:
+Written in the layout `fixclip/eval/benchmarks/toy.py` reads:
 - retrieval: `num_images` scenes of the training world's shape (grid, object counts, textures, image size), each
   with its long description and a short caption (its alt text, or the long description's first sentence);
 - zero-shot: `num_classification_images` single-object scenes labelled "<colour> <shape>" (48 classes), prompted
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.evaluate_params import ToyBenchmarkParams
+from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.outputs import write_json
-from pipeline.params import ToyWorldParams
-from pipeline.shards import first_sentence
+from pipeline.params.source import ToyWorldParams
+from pipeline.short_text import first_sentence
 from pipeline.toyworld import COLOURS, SHAPES, make_record, write_png
 
 

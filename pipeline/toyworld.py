@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.params import ToyWorldParams
+from pipeline.params.source import ToyWorldParams
 
 COLOURS = {
     "red": (220, 40, 40),

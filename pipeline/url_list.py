@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from pipeline.params import ParamsError, UrlListParams
+from pipeline.params.source import UrlListParams
+from pipeline.params import ParamsError
 
 READERS = {
     "csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),

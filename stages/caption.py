@@ -5,7 +5,7 @@ per image from `caption.prompts`, filters the captions, and resumes shard by sha
 """
 from pathlib import Path
 
-from pipeline import caption_run
+from pipeline.caption import run as caption_run
 from pipeline.params import exit_on_params_error, load_params
 
 RAW = Path("data/raw")

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import torch
 
-from fixclip.benchmarks import ADAPTERS
-from fixclip.eval_encode import CachedEncoder
-from fixclip.eval_models import load_base, load_model_folder
-from fixclip.evaluate import evaluate_all, plot_rows
-from pipeline.evaluate_params import EvaluateParams
+from fixclip.eval.benchmarks import ADAPTERS
+from fixclip.eval.encode import CachedEncoder
+from fixclip.model_folder import load_base, load_model_folder
+from fixclip.eval.run import evaluate_all, plot_rows
+from pipeline.params.evaluate import EvaluateParams
 from pipeline.outputs import write_json
-from pipeline.params import ToyWorldParams, exit_on_params_error, load_params
+from pipeline.params.source import ToyWorldParams
+from pipeline.params import exit_on_params_error, load_params
 from pipeline.toy_benchmark import generate
-from pipeline.train_params import BaseModelParams
+from pipeline.params.train import BaseModelParams
 
 TOY_DIR = Path("data/toy_benchmark")
 METRICS = Path("metrics/eval.json")

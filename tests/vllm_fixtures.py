@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline.caption_params import CaptionParams, Filters, Sampling
-from pipeline.vllm_fleet import VllmFleet
+from pipeline.params.caption import CaptionParams, Filters, Sampling
+from pipeline.caption.fleet import VllmFleet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LLAVA = REPO / "assets" / "tiny_llava" / "model"

@@ -1,0 +1,75 @@
+"""Batched, cached encoding of images and texts for evaluation (progress bars, no gradients).
+
+Texts are tokenised at the model's own context (77 for a plain CLIP, 248 after the stretch: longer captions are
+truncated there) and encoded in batches of similar length, so ``FixClip``'s padding trim runs short captions on
+short sequences. Embeddings are cached per model for the whole run, keyed by image path or text, so benchmarks that
+share images (the toy long / short / zero-shot tasks) encode each image once per model.
+"""
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..model import FixClip
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def eval_transform(model: FixClip):
+    """open_clip's evaluation transform at the model's image size (resize shorter side, centre crop, normalise
+    with open_clip's default OpenAI mean/std)."""
+    return open_clip.image_transform(model.clip.visual.image_size, is_train=False)
+
+
+class CachedEncoder:
+    """Encodes with one model; remembers every embedding it computed (L2-normalised, float32, CPU)."""
+
+    def __init__(self, model: FixClip, name: str, batch_size: int = 64, workers: int = 0):
+        self.model, self.name = model.eval(), name
+        self.batch_size, self.workers = batch_size, workers
+        self.tokenizer = model.tokenizer()
+        self.transform = eval_transform(model)
+        self._images: dict[str, torch.Tensor] = {}
+        self._texts: dict[str, torch.Tensor] = {}
+
+    def images(self, paths: list[Path]) -> torch.Tensor:
+        """[N, D] embeddings of the image files, in order."""
+        keys = [str(p) for p in paths]
+        missing = sorted(set(keys) - self._images.keys())
+        if missing:
+            loader = DataLoader(_ImageFiles([Path(k) for k in missing], self.transform), batch_size=self.batch_size,
+                                num_workers=self.workers)
+            rows = []
+            with torch.inference_mode():
+                for batch in tqdm(loader, desc=f"{self.name}: images", unit="batch", leave=False):
+                    rows.append(F.normalize(self.model.encode_image(batch).float(), dim=-1))
+            self._images.update(zip(missing, torch.cat(rows)))
+        return torch.stack([self._images[k] for k in keys])
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """[N, D] embeddings of the texts, in order (truncated at the model's context length)."""
+        missing = sorted(set(texts) - self._texts.keys())
+        if missing:
+            tokens = self.tokenizer(missing)
+            order = torch.argsort((tokens != 0).sum(dim=1), descending=True, stable=True)
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(missing), self.batch_size), desc=f"{self.name}: texts",
+                                  unit="batch", leave=False):
+                    chosen = order[start:start + self.batch_size]
+                    embedded = F.normalize(self.model.encode_text(tokens[chosen]).float(), dim=-1)
+                    self._texts.update(zip((missing[i] for i in chosen.tolist()), embedded))
+        return torch.stack([self._texts[t] for t in texts])

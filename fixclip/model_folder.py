@@ -1,0 +1,85 @@
+"""The model folder: what the train stage writes and evaluation reads back, all as ``FixClip`` (a plain CLIP is
+wrapped with every module off).
+
+A model folder is either
+- a trained model: ``fixclip.json`` (FixClipConfig fields), ``model.json`` (the base open_clip config; optional:
+  the fallback base config rebuilds the architecture without it) and ``weights.pt``, a ``FixClip`` state_dict
+  (bare, or under "state_dict" / "model"; DDP's "module." prefix is dropped), loaded strictly with
+  ``weights_only=True``; or
+- a base CLIP as in ``assets/base_clip``: ``model.json`` and ``weights.pt`` (an open_clip state_dict), no
+  ``fixclip.json``.
+"""
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .base_model import ModelRef, build_clip, load_clip, resolve_model_config
+from .config import FixClipConfig
+from .model import FixClip
+
+FIXCLIP_CONFIG, MODEL_CONFIG, WEIGHTS = "fixclip.json", "model.json", "weights.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save ``state`` to ``path`` so that readers see either nothing or the whole file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path) -> None:
+    """Write a trained model folder: its base open_clip config, its FixClipConfig and its state_dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_CONFIG).write_text(json.dumps(resolve_model_config(base_model), indent=2) + "\n")
+    (out / FIXCLIP_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
+    save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
+
+
+def load_base(config: ModelRef, weights: str | Path) -> FixClip:
+    """A plain open_clip CLIP (config + local weights) wrapped with all FIX-CLIP modules off."""
+    return FixClip(load_clip(config, weights), FixClipConfig.plain()).eval()
+
+
+def _state_dict(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_model_folder(folder: str | Path, base_config: ModelRef | None = None) -> FixClip:
+    """The model in ``folder`` (layouts in the module docstring); ``base_config`` rebuilds the architecture when
+    the folder has no ``model.json``."""
+    folder = Path(folder)
+    model_config = folder / MODEL_CONFIG
+    if (folder / FIXCLIP_CONFIG).is_file():
+        cfg = FixClipConfig.model_validate_json((folder / FIXCLIP_CONFIG).read_text())
+        model = FixClip(build_clip(model_config if model_config.is_file() else base_config), cfg)
+        model.load_state_dict(_state_dict(folder / WEIGHTS), strict=True)
+        return model.eval()
+    if model_config.is_file():
+        return load_base(model_config, folder / WEIGHTS)
+    raise FileNotFoundError(f"{folder}: no {FIXCLIP_CONFIG} (trained model) nor {MODEL_CONFIG} (base CLIP)")

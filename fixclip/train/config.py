@@ -1,0 +1,109 @@
+"""The `train:` section of params.yaml, defined once: the library runs on the validated section as it is.
+
+Defaults follow Long-CLIP where FIX-CLIP is silent (AdamW, weight decay 1e-2, cosine schedule with warm-up, label
+smoothing 0.1, logit scale reset to ln 100) and are sized for the embedded default's tiny base CLIP. Where the run
+writes (model folder, checkpoints, curves) is not a param: the caller passes ``RunDirs``.
+"""
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..config import FixClipConfig, StrictConfig
+
+IMPLEMENTED_METHODS = ("fixclip",)
+# Fields that change how progress is shown or saved, never the trained weights (the world size is fingerprinted
+# directly, so `distributed` is left out too).
+_NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "distributed")
+
+
+class BaseModelConfig(StrictConfig):
+    """The pretrained CLIP fine-tuned: an open_clip model name or JSON config, and a local weights file (no hub)."""
+
+    config: str = "assets/base_clip/model.json"
+    weights: str = "assets/base_clip/weights.pt"
+
+
+class DistributedConfig(StrictConfig):
+    """Processes per node and nodes. One node: the stage starts torchrun itself when nproc_per_node > 1. Several
+    nodes: start `torchrun --nnodes N ... -m stages.train` on every node (the stage then uses torchrun's values)."""
+
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+
+
+class TrainConfig(StrictConfig):
+    """A fine-tuning run. ``batch_size`` is per rank and micro-step (as open_clip_train's --batch-size): one optimizer
+    step sees ``batch_size * grad_accum * world_size`` samples. With ``grad_accum > 1`` the contrastive negatives of
+    a micro-step are its own ``batch_size * world_size`` samples (gradients are averaged; open_clip's feature cache
+    for accumulation is not reproduced)."""
+
+    method: Literal["fixclip", "longclip", "holistic"] = "fixclip"
+    shards: str = "data/shards/train"  # folder of *.tar, brace pattern
+    base_model: BaseModelConfig = BaseModelConfig()
+    fixclip: FixClipConfig = FixClipConfig()
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    epochs: float | None = Field(3.0, gt=0)
+    samples: int | None = Field(None, ge=1)  # when set, the run's length in samples (epochs must then be null)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: list[float] = [0.9, 0.999]
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    logit_scale_init: float | None = Field(100.0, gt=1.0)
+    logit_scale_max: float = Field(100.0, gt=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    nan_policy: Literal["error", "skip"] = "error"
+    num_workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(1000, ge=0)
+    log_every: int = Field(1, ge=1)
+    distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.method not in IMPLEMENTED_METHODS:
+            raise ValueError(f"method: {self.method!r} is not implemented yet (implemented: {IMPLEMENTED_METHODS})")
+        if (self.epochs is None) == (self.samples is None):
+            raise ValueError("epochs: set exactly one of epochs and samples (the other null)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas: needs two values in [0, 1)")
+        if self.batch_size % max(1, self.num_workers):
+            raise ValueError(f"batch_size: must be a multiple of num_workers ({self.num_workers}): each worker "
+                             "delivers an equal chunk")
+        if self.logit_scale_init is not None and self.logit_scale_init > self.logit_scale_max:
+            raise ValueError("logit_scale_init: exceeds logit_scale_max")
+        return self
+
+    def fingerprint(self, world_size: int, shard_counts: dict) -> str:
+        """Identifies the trajectory: a checkpoint is resumed only by a run with the same fingerprint."""
+        values = self.model_dump(exclude=set(_NOT_IN_FINGERPRINT))
+        values.update(world_size=world_size, shards=shard_counts,
+                      base_weights_sha256=_sha256(self.base_model.weights))
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """Where a run writes: the trained model, its checkpoints, and its DVCLive curves (None: no curves)."""
+
+    out_dir: str | Path
+    checkpoint_dir: str | Path
+    log_dir: str | Path | None = None
+    progress: bool = True
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Captioning with an MLLM served by vLLM: server fleet, async client, caption filters, and the resumable run."""

@@ -1,0 +1,196 @@
+"""Async OpenAI-chat client that captions images on a set of vLLM servers.
+
+`concurrency` workers per server pull from one queue, so faster servers take more work. The prompt and the
+sampling seed of an image are functions of its key, so a rerun asks exactly the same question. Transient errors
+(connection, timeout, 429, 5xx) are retried with exponential backoff; when retries run out the whole run stops
+with `CaptionServiceError` (finished shards are kept, a rerun resumes). Other HTTP errors fail that image only.
+"""
+import asyncio
+import base64
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from tqdm import tqdm
+
+from pipeline.caption.filters import CaptionFilter
+from pipeline.params.caption import CaptionParams
+
+MIME_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class CaptionServiceError(RuntimeError):
+    """The servers stayed unreachable or failing after all retries."""
+
+
+class PermanentRequestError(RuntimeError):
+    """The server rejected this request (e.g. an image it cannot decode); retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    shard: str
+    key: str
+    data: bytes
+    extension: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    tokens: int
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    shard: str
+    key: str
+    caption: str
+    prompt_id: int
+    finish_reason: str | None
+    tokens: int
+    status: str
+
+
+def stable_int(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def prompt_id_for(key: str, n_prompts: int) -> int:
+    return stable_int("prompt", key) % n_prompts
+
+
+def request_seed(seed: int, key: str, prompt_id: int) -> int:
+    return stable_int("seed", seed, key, prompt_id) % (2**31 - 1)
+
+
+def data_url(data: bytes, extension: str) -> str:
+    mime = MIME_TYPES.get(extension.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class CaptionClient:
+    """Sends one chat request per image (plus an optional retry with another prompt) and classifies the answer."""
+
+    def __init__(self, params: CaptionParams, session: aiohttp.ClientSession):
+        self.params = params
+        self.session = session
+        self.filter = CaptionFilter(params.filters)
+        self.transient_retries = 0
+
+    def request_body(self, item: ImageItem, prompt_id: int) -> dict:
+        sampling = self.params.sampling
+        content = [
+            {"type": "image_url", "image_url": {"url": data_url(item.data, item.extension)}},
+            {"type": "text", "text": self.params.prompts[prompt_id]},
+        ]
+        return {
+            "model": self.params.served_model_name,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "seed": request_seed(sampling.seed, item.key, prompt_id),
+        }
+
+    async def complete(self, url: str, body: dict) -> Completion:
+        """POST one chat completion, retrying transient failures with exponential backoff."""
+        timeout = aiohttp.ClientTimeout(total=self.params.request_timeout_s)
+        last_error = ""
+        for attempt in range(self.params.retries + 1):
+            if attempt:
+                self.transient_retries += 1
+                delay = self.params.backoff_s * 2 ** (attempt - 1)
+                await asyncio.sleep(min(delay, self.params.backoff_max_s))
+            try:
+                async with self.session.post(f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
+                    if response.status in TRANSIENT_STATUS:
+                        last_error = f"HTTP {response.status}: {(await response.text())[:300]}"
+                        continue
+                    if response.status != 200:
+                        raise PermanentRequestError(f"HTTP {response.status}: {(await response.text())[:300]}")
+                    payload = await response.json()
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as err:
+                last_error = f"{type(err).__name__}: {err}"
+                continue
+            choice = payload["choices"][0]
+            usage = payload.get("usage") or {}
+            return Completion(
+                text=(choice["message"].get("content") or "").strip(),
+                finish_reason=choice.get("finish_reason"),
+                tokens=int(usage.get("completion_tokens", 0)),
+            )
+        raise CaptionServiceError(f"{url}: gave up after {self.params.retries + 1} attempts; last error: {last_error}")
+
+    async def caption(self, url: str, item: ImageItem) -> tuple[CaptionResult, int]:
+        """Caption one image; returns its result and the tokens generated for it (all attempts)."""
+        n_prompts = len(self.params.prompts)
+        prompt_id = prompt_id_for(item.key, n_prompts)
+        generated = 0
+        attempts = 2 if self.params.retry_rejected_with_other_prompt and n_prompts > 1 else 1
+        for attempt in range(attempts):
+            if attempt:
+                prompt_id = (prompt_id + 1) % n_prompts
+            try:
+                completion = await self.complete(url, self.request_body(item, prompt_id))
+            except PermanentRequestError as err:
+                tqdm.write(f"caption: {item.shard}/{item.key} failed: {err}")
+                return CaptionResult(item.shard, item.key, "", prompt_id, None, 0, "failed"), generated
+            generated += completion.tokens
+            status = self.filter.classify(completion.text, completion.finish_reason)
+            if status == "ok":
+                break
+        result = CaptionResult(
+            item.shard, item.key, completion.text, prompt_id, completion.finish_reason, completion.tokens, status
+        )
+        return result, generated
+
+
+async def caption_stream(
+    params: CaptionParams,
+    endpoints: list[str],
+    items: AsyncIterator[ImageItem],
+    total: int,
+    on_result: Callable[[CaptionResult], Awaitable[None]],
+) -> dict:
+    """Caption every item on the endpoints; calls `on_result` once per item. Returns request counters."""
+    queue: asyncio.Queue[ImageItem | None] = asyncio.Queue(maxsize=4 * params.concurrency * len(endpoints))
+    workers = [url for url in endpoints for _ in range(params.concurrency)]
+    connector = aiohttp.TCPConnector(limit=len(workers))
+    started = time.monotonic()
+    tokens = 0
+    bar = tqdm(total=total, unit="img", desc="caption", smoothing=0.1, mininterval=1.0)
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = CaptionClient(params, session)
+
+        async def worker(url: str) -> None:
+            nonlocal tokens
+            while (item := await queue.get()) is not None:
+                result, generated = await client.caption(url, item)
+                tokens += generated
+                await on_result(result)
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - started, 1e-9):.0f}", refresh=False)
+
+        async def feed() -> None:
+            async for item in items:
+                await queue.put(item)
+            for _ in workers:
+                await queue.put(None)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feed())
+                for url in workers:
+                    group.create_task(worker(url))
+        except* CaptionServiceError as errors:
+            raise errors.exceptions[0] from None
+        finally:
+            bar.close()
+    return {"tokens": tokens, "transient_retries": client.transient_retries}

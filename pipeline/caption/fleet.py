@@ -1,0 +1,216 @@
+"""Start N OpenAI-compatible vLLM servers (or adopt given endpoints) and always stop what was started.
+
+Each server runs in its own process group with the vLLM environment's interpreter, binds `host` on a free port,
+logs to `log_dir/vllm-<i>.log`, and gets its own `CUDA_VISIBLE_DEVICES` when GPUs are listed. Stopping sends
+SIGTERM to the group, then SIGKILL after a grace period; SIGTERM to this process is turned into SystemExit so that
+the context manager's exit runs, and on Linux the server is also told to die with its parent.
+"""
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.params.caption import CaptionParams
+
+STOP_GRACE_S = 15.0
+POLL_S = 0.5
+LOG_TAIL_LINES = 40
+
+
+class FleetError(RuntimeError):
+    """A server could not be started or an endpoint cannot be reached."""
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def looks_like_path(model: str) -> bool:
+    """True for a filesystem path; False for a hub id like `org/name`."""
+    parts = Path(model).parts
+    return model.startswith((".", "~", "/")) or len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
+
+
+def server_command(params: CaptionParams, python: str, model: str, port: int) -> list[str]:
+    opts = params.server
+    cmd = [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model,
+        "--served-model-name", params.served_model_name,
+        "--host", params.host,
+        "--port", str(port),
+        "--dtype", opts.dtype,
+        "--max-model-len", str(opts.max_model_len),
+        "--tensor-parallel-size", str(opts.tensor_parallel_size),
+        "--limit-mm-per-prompt", json.dumps(opts.limit_mm_per_prompt),
+    ]
+    if opts.max_num_seqs is not None:
+        cmd += ["--max-num-seqs", str(opts.max_num_seqs)]
+    if opts.kv_cache_memory_bytes is not None:
+        cmd += ["--kv-cache-memory-bytes", str(opts.kv_cache_memory_bytes)]
+    if opts.gpu_memory_utilization is not None:
+        cmd += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+    if opts.enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd + list(opts.extra_args)
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec (Linux): SIGTERM it if the stage process dies without cleaning up."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the server's process group, wait, then SIGKILL whatever is left of it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+class VllmFleet:
+    """Context manager yielding the base URLs of ready servers: `with VllmFleet(params, log_dir) as urls: ...`."""
+
+    def __init__(self, params: CaptionParams, log_dir: Path):
+        self.params = params
+        self.log_dir = Path(log_dir)
+        self.servers: list[Server] = []
+        self._previous_sigterm = None
+
+    def __enter__(self) -> list[str]:
+        if self.params.endpoints:
+            return self._check_endpoints()
+        self._trap_sigterm()
+        try:
+            self._start_servers()
+            self._wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return [server.url for server in self.servers]
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every server this fleet started (idempotent)."""
+        while self.servers:
+            stop_process_group(self.servers.pop().process)
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _check_endpoints(self) -> list[str]:
+        deadline = time.monotonic() + self.params.endpoint_timeout_s
+        pending = list(self.params.endpoints)
+        while pending:
+            pending = [url for url in pending if not is_healthy(url)]
+            if pending and time.monotonic() > deadline:
+                raise FleetError(
+                    f"caption.endpoints: {pending} not healthy (GET /health) within "
+                    f"{self.params.endpoint_timeout_s:g} s (caption.endpoint_timeout_s)"
+                )
+            if pending:
+                time.sleep(POLL_S)
+        return list(self.params.endpoints)
+
+    def _trap_sigterm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, raise_system_exit)
+
+    def _resolve(self) -> tuple[str, str, bool]:
+        python = Path(self.params.python)
+        if not (python.is_file() and os.access(python, os.X_OK)):
+            raise FleetError(f"caption.python: {python} is not an executable interpreter (the vLLM environment)")
+        model = Path(self.params.model).expanduser()
+        is_local = model.exists()
+        if not is_local and looks_like_path(self.params.model):
+            raise FleetError(f"caption.model: {self.params.model} does not exist (not a local model dir)")
+        return str(python.absolute()), str(model.absolute()) if is_local else self.params.model, is_local
+
+    def _start_servers(self) -> None:
+        python, model, is_local = self._resolve()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = os.environ | {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if is_local:
+            env["HF_HUB_OFFLINE"] = "1"
+        tp = self.params.server.tensor_parallel_size
+        for i in range(self.params.num_servers):
+            port = free_port(self.params.host)
+            server_env = dict(env)
+            if self.params.gpus:
+                server_env["CUDA_VISIBLE_DEVICES"] = ",".join(self.params.gpus[i * tp:(i + 1) * tp])
+            log_path = self.log_dir / f"vllm-{i}.log"
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    server_command(self.params, python, model, port),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
+                )
+            self.servers.append(Server(f"http://{self.params.host}:{port}", process, log_path))
+
+    def _wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + self.params.startup_timeout_s
+        pending = list(self.servers)
+        while pending:
+            for server in pending:
+                code = server.process.poll()
+                if code is not None:
+                    raise FleetError(
+                        f"vLLM server for caption.model={self.params.model!r} exited with code {code} before "
+                        f"becoming healthy; log {server.log_path}:\n{log_tail(server.log_path)}"
+                    )
+            pending = [server for server in pending if not is_healthy(server.url)]
+            if pending and time.monotonic() > deadline:
+                raise FleetError(
+                    f"vLLM server(s) {[s.url for s in pending]} not healthy within {self.params.startup_timeout_s:g} s "
+                    f"(caption.startup_timeout_s); log {pending[0].log_path}:\n{log_tail(pending[0].log_path)}"
+                )
+            if pending:
+                time.sleep(POLL_S)
+
+
+def raise_system_exit(signum, _frame) -> None:
+    raise SystemExit(128 + signum)

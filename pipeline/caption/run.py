@@ -1,0 +1,179 @@
+"""The caption stage: img2dataset shards in `raw_dir` -> one captions parquet per shard in `out_dir` + metrics.
+
+Resumable: a shard's parquet appears only complete (temp file + fsync + rename), and finished shards whose keys
+still match their tar are skipped on rerun. `out_dir/_fingerprint.json` records the params that shape caption text
+and the model's identity; when it changes, every caption is redone. Every image key in a tar ends in exactly one
+row whose status is `ok`, a rejection class, or `failed`, so the metrics' counts add up to `images`.
+"""
+import asyncio
+import hashlib
+import json
+import tarfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.caption.client import CaptionResult, ImageItem, caption_stream
+from pipeline.caption.filters import STATUSES
+from pipeline.params.caption import CaptionParams
+from pipeline.outputs import write_bytes, write_json
+from pipeline.caption.fleet import VllmFleet
+
+FINGERPRINT_FILE = "_fingerprint.json"
+FULL_HASH_MAX_BYTES = 64 << 20
+SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("caption", pa.string()),
+    ("prompt_id", pa.int32()),
+    ("model", pa.string()),
+    ("finish_reason", pa.string()),
+    ("tokens", pa.int32()),
+    ("status", pa.string()),
+])
+
+
+def split_member(name: str, extensions: list[str]) -> tuple[str, str] | None:
+    """`KEY.jpg` -> (KEY, jpg) for image members; None for the rest (txt, json, folders)."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or "/" in name or ext.lower() not in extensions:
+        return None
+    return stem, ext
+
+
+def image_keys(tar_path: Path, extensions: list[str]) -> list[str]:
+    """The image keys of a shard, read from tar headers only; duplicate keys are an error."""
+    with tarfile.open(tar_path) as tar:
+        keys = [parts[0] for m in tar if m.isfile() and (parts := split_member(m.name, extensions))]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{tar_path}: several images share a key; cannot caption each key once")
+    return sorted(keys)
+
+
+async def read_images(tar_paths: dict[str, Path], extensions: list[str]) -> AsyncIterator[ImageItem]:
+    for shard, tar_path in tar_paths.items():
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                parts = split_member(member.name, extensions) if member.isfile() else None
+                if parts:
+                    yield ImageItem(shard, parts[0], tar.extractfile(member).read(), parts[1])
+                    await asyncio.sleep(0)
+
+
+def model_identity(model: str) -> dict:
+    """A local model dir's files (content hash, or size for very large files); an HF id as itself."""
+    path = Path(model)
+    if not path.exists():
+        return {"id": model}
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest = hashlib.sha256(file.read_bytes()).hexdigest() if size <= FULL_HASH_MAX_BYTES else f"size:{size}"
+        files[str(file.relative_to(path))] = digest
+    return {"files": files}
+
+
+def fingerprint(params: CaptionParams) -> dict:
+    return {"params": params.content_fingerprint(), "model": model_identity(params.model)}
+
+
+def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str) -> None:
+    rows = sorted(rows, key=lambda r: r.key)
+    table = pa.Table.from_pydict({
+        "key": [r.key for r in rows],
+        "caption": [r.caption for r in rows],
+        "prompt_id": [r.prompt_id for r in rows],
+        "model": [model] * len(rows),
+        "finish_reason": [r.finish_reason for r in rows],
+        "tokens": [r.tokens for r in rows],
+        "status": [r.status for r in rows],
+    }, schema=SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(out_dir / f"{shard}.parquet", sink.getvalue().to_pybytes())
+
+
+def finished_keys(parquet_path: Path) -> list[str] | None:
+    if not parquet_path.exists():
+        return None
+    return sorted(pq.read_table(parquet_path, columns=["key"]).column("key").to_pylist())
+
+
+def prepare_out_dir(out_dir: Path, stamp: dict, shards: set[str]) -> None:
+    """Remove temp files, captions of shards no longer in raw, and everything if the fingerprint changed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path = out_dir / FINGERPRINT_FILE
+    same = stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+    for path in out_dir.iterdir():
+        stale_shard = path.suffix == ".parquet" and (not same or path.stem not in shards)
+        if path.name.endswith(".tmp") or stale_shard:
+            path.unlink()
+    if not same:
+        write_json(stamp_path, stamp)
+
+
+async def caption_shards(
+    params: CaptionParams, endpoints: list[str], todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path
+) -> dict:
+    pending: dict[str, list[CaptionResult]] = {shard: [] for shard in todo}
+
+    async def on_result(result: CaptionResult) -> None:
+        rows = pending[result.shard]
+        rows.append(result)
+        if len(rows) == len(keys[result.shard]):
+            await asyncio.to_thread(write_shard, out_dir, result.shard, pending.pop(result.shard), params.model)
+
+    total = sum(len(keys[shard]) for shard in todo)
+    return await caption_stream(params, endpoints, read_images(todo, params.image_extensions), total, on_result)
+
+
+def count_statuses(out_dir: Path, shards: list[str]) -> dict:
+    counts = dict.fromkeys(STATUSES, 0)
+    tokens = 0
+    for shard in shards:
+        table = pq.read_table(out_dir / f"{shard}.parquet", columns=["status", "tokens"])
+        for status in table.column("status").to_pylist():
+            counts[status] += 1
+        tokens += sum(table.column("tokens").to_pylist())
+    return {"images": sum(counts.values()), **counts, "caption_tokens": tokens}
+
+
+def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path, log_dir: Path) -> dict:
+    """Caption every image shard in raw_dir not yet captioned in out_dir; write and return the metrics."""
+    raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
+    tars = {p.stem: p for p in sorted(raw_dir.glob("*.tar"))}
+    keys = {shard: image_keys(path, params.image_extensions) for shard, path in tars.items()}
+    prepare_out_dir(out_dir, fingerprint(params), set(tars))
+    todo = {s: p for s, p in tars.items() if finished_keys(out_dir / f"{s}.parquet") != keys[s]}
+    for shard in todo:
+        (out_dir / f"{shard}.parquet").unlink(missing_ok=True)
+        if not keys[shard]:
+            write_shard(out_dir, shard, [], params.model)
+    todo = {s: p for s, p in todo.items() if keys[s]}
+
+    started = time.monotonic()
+    stats = {"tokens": 0, "transient_retries": 0}
+    if todo:
+        with VllmFleet(params, log_dir) as endpoints:
+            stats = asyncio.run(caption_shards(params, endpoints, todo, keys, out_dir))
+    seconds = time.monotonic() - started
+    captioned = sum(len(keys[s]) for s in todo)
+
+    counts = count_statuses(out_dir, list(tars))
+    expected = sum(len(k) for k in keys.values())
+    if counts["images"] != expected:
+        raise RuntimeError(f"{out_dir}: {counts['images']} caption rows for {expected} raw images")
+    metrics = counts | {
+        "shards": len(tars),
+        "shards_skipped": len(tars) - len(todo),
+        "captioned_this_run": captioned,
+        "generated_tokens_this_run": stats["tokens"],
+        "transient_retries": stats["transient_retries"],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(captioned / seconds, 3) if captioned else 0.0,
+        "tokens_per_s": round(stats["tokens"] / seconds, 3) if captioned else 0.0,
+    }
+    write_json(metrics_path, metrics)
+    return metrics

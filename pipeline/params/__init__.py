@@ -1,0 +1,95 @@
+"""The typed schema of params.yaml: one module per section, validated in full before any stage does work.
+
+Every stage calls `load_params()` first, so a typo anywhere in params.yaml fails fast with the key path,
+e.g. `download.thread_count: expected int, got 'many'`.
+"""
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline.params.caption import CaptionParams
+from pipeline.params.download import DownloadParams
+from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.section import Section
+from pipeline.params.shard import ShardParams
+from pipeline.params.source import SourceParams
+from pipeline.params.train import TrainParams
+
+PARAMS_FILE = "params.yaml"
+
+
+class Params(Section):
+    source: SourceParams = SourceParams()
+    download: DownloadParams = DownloadParams()
+    caption: CaptionParams = CaptionParams()
+    shard: ShardParams = ShardParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or invalid; the message names every bad key."""
+
+
+_EXPECTED = {
+    "int_type": "expected int",
+    "int_parsing": "expected int",
+    "int_from_float": "expected int",
+    "float_type": "expected float",
+    "float_parsing": "expected float",
+    "bool_type": "expected bool",
+    "bool_parsing": "expected bool",
+    "string_type": "expected str",
+    "list_type": "expected list",
+    "dict_type": "expected mapping",
+    "model_type": "expected mapping",
+}
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: missing key"
+    if kind == "value_error":
+        # Section validators phrase their errors as "<sub.key>: what is wrong" or as plain text.
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{key}.{message}" if re.match(r"^[\w.]+: ", message) else f"{key}: {message}"
+    what = _EXPECTED.get(kind, error["msg"].lower())
+    return f"{key}: {what}, got {error['input']!r}"
+
+
+def parse_params(raw: object, origin: str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded mapping; raises ParamsError naming each bad key."""
+    try:
+        return Params.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ParamsError(f"{origin}: invalid params\n{lines}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml (the whole file: every stage checks every section before any work)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+@contextmanager
+def exit_on_params_error():
+    """For stage entry points: a ParamsError prints the named bad keys and exits 2, without a traceback."""
+    try:
+        yield
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,122 @@
+"""The `caption:` params section: which MLLM, how it is served, how it is asked, and which captions are kept."""
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.params.section import Section
+
+DEFAULT_PROMPTS = [
+    "Describe this image in detail.",
+    "Write a long, complete description of every object in the picture, including colour, size and position.",
+    "List each shape in the image with its colour, size, fill and grid cell.",
+    "What does this scene contain? Be thorough and mention the background.",
+    "Give a detailed caption of this image, going through it row by row from top to bottom.",
+    "Describe the layout of the image: which objects are where, and how they look.",
+]
+DEFAULT_REFUSALS = [
+    r"^\s*(i'?m sorry|i am sorry|sorry,)",
+    r"\bi (cannot|can't|am unable to|'m unable to) (help|describe|assist|see)",
+    r"\bas an ai\b",
+]
+
+
+class ServerOptions(Section):
+    """Flags passed to every vLLM server the stage starts (`None` leaves vLLM's own default)."""
+
+    dtype: str = "auto"
+    max_model_len: int = Field(512, gt=0)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    limit_mm_per_prompt: dict[str, int] = {"image": 1}
+    max_num_seqs: int | None = Field(16, ge=1)
+    kv_cache_memory_bytes: int | None = Field(268_435_456, gt=0)
+    enforce_eager: bool = True
+    extra_args: list[str] = []
+
+
+class Sampling(Section):
+    """Decoding; the per-request seed is derived from `seed` and the image key."""
+
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(96, gt=0)
+    seed: int = 0
+
+
+class Filters(Section):
+    """Which captions are rejected; every rejection is counted under its class."""
+
+    min_words: int = Field(8, ge=0)
+    max_repetition: float = Field(0.5, ge=0, le=1)
+    repetition_ngram: int = Field(3, ge=1)
+    keep_truncated: bool = True
+    refusal_patterns: list[str] = DEFAULT_REFUSALS
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"refusal_patterns[{i}] {pattern!r} is not a regular expression: {err}") from err
+        return patterns
+
+
+class CaptionParams(Section):
+    """Every knob of the caption stage. Relative paths are relative to the repository root (DVC's working dir)."""
+
+    model: str = "assets/tiny_llava/model"
+    served_model_name: str = "tiny-llava"
+    python: str = ".venv-vllm/bin/python"
+    num_servers: int = Field(1, ge=1)
+    gpus: list[str] = []
+    endpoints: list[str] = []
+    host: str = "127.0.0.1"
+    server: ServerOptions = ServerOptions()
+    startup_timeout_s: float = Field(300, gt=0)
+    endpoint_timeout_s: float = Field(30, gt=0)
+    concurrency: int = Field(64, ge=1)
+    request_timeout_s: float = Field(120, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    prompts: list[str] = Field(DEFAULT_PROMPTS, min_length=1)
+    sampling: Sampling = Sampling()
+    filters: Filters = Filters()
+    retry_rejected_with_other_prompt: bool = True
+    image_extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
+
+    @field_validator("prompts")
+    @classmethod
+    def prompts_not_blank(cls, prompts: list[str]) -> list[str]:
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompts[{i}] is empty")
+        return prompts
+
+    @field_validator("endpoints")
+    @classmethod
+    def endpoints_are_urls(cls, endpoints: list[str]) -> list[str]:
+        for i, url in enumerate(endpoints):
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"endpoints[{i}] {url!r} is not an http(s) base URL such as http://host:8000")
+        return [url.rstrip("/") for url in endpoints]
+
+    @model_validator(mode="after")
+    def gpus_match_servers(self) -> "CaptionParams":
+        needed = self.num_servers * self.server.tensor_parallel_size
+        if self.gpus and len(self.gpus) != needed:
+            raise ValueError(
+                f"gpus: {len(self.gpus)} listed, but num_servers ({self.num_servers}) x "
+                f"server.tensor_parallel_size ({self.server.tensor_parallel_size}) = {needed}"
+            )
+        return self
+
+    def content_fingerprint(self) -> dict:
+        """The params that change caption text; operational knobs (fleet size, timeouts) are left out."""
+        return self.model_dump(include={
+            "model", "served_model_name", "prompts", "sampling", "filters", "retry_rejected_with_other_prompt",
+            "image_extensions",
+        }) | {"server": self.server.model_dump(include={"dtype", "max_model_len"})}
+

@@ -1,0 +1,143 @@
+"""The `evaluate:` section of params.yaml: models, benchmarks (one entry per benchmark, `kind` picks the adapter in
+fixclip/eval/benchmarks), the held-out toy benchmark, batching. Protocols: fixclip/eval/benchmarks/README.md."""
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.params.section import Section
+
+_NAME = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class _Entry(Section):
+    """A benchmark entry; fields named in `path_keys` must exist when the entry is listed."""
+
+    name: str = _NAME
+    path_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _paths_exist(self):
+        for key in self.path_keys:
+            if not Path(getattr(self, key)).exists():
+                raise ValueError(f"{key}: not found: {getattr(self, key)!r}")
+        return self
+
+    def adapter_kwargs(self) -> dict:
+        """Keyword arguments of the adapter `fixclip.eval.benchmarks.ADAPTERS[kind]`."""
+        return self.model_dump(exclude={"kind", "name"})
+
+
+class ToyEntry(_Entry):
+    kind: Literal["toy"]
+    task: Literal["long_retrieval", "short_retrieval", "zeroshot"]
+
+
+class Urban1kEntry(_Entry):
+    kind: Literal["urban1k"]
+    root: str  # folder holding image/ and caption/
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
+
+
+class ShareGPT4VEntry(_Entry):
+    kind: Literal["sharegpt4v"]
+    json_path: str  # share-captioner_coco_lcs_sam_1246k_1107.json
+    image_root: str  # ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it
+    subset: Literal["first_1k", "first_10k"] = "first_1k"
+    path_keys: ClassVar[tuple[str, ...]] = ("json_path", "image_root")
+
+
+class DCIEntry(_Entry):
+    kind: Literal["dci"]
+    root: str  # densely_captioned_images/ (annotations/, photos/)
+    fields: list[str] = ["short_caption", "extra_caption"]
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
+
+
+class IIWEntry(_Entry):
+    kind: Literal["iiw"]
+    jsonl: str  # e.g. IIW-400/data.jsonl
+    image_root: str  # e.g. DOCCI's images_aar/
+    text_key: str = "IIW"
+    image_suffix: str = ".jpg"
+    path_keys: ClassVar[tuple[str, ...]] = ("jsonl", "image_root")
+
+
+class DOCCIEntry(_Entry):
+    kind: Literal["docci"]
+    root: str  # docci_descriptions.jsonlines + images/
+    split: str = "test"
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
+
+
+class KarpathyEntry(_Entry):
+    kind: Literal["coco_karpathy", "flickr30k_karpathy"]
+    annotations: str  # dataset_coco.json / dataset_flickr30k.json
+    image_root: str  # COCO: folder holding val2014/; Flickr30k: flickr30k-images/
+    split: Literal["train", "restval", "val", "test"] = "test"
+    captions_per_image: int = Field(5, ge=1)
+    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")
+
+
+class CocoVal2017Entry(_Entry):
+    kind: Literal["coco_val2017"]
+    annotations: str  # annotations/captions_val2017.json
+    image_root: str  # val2017/
+    captions_per_image: int = Field(5, ge=1)
+    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")
+
+
+class ImageFolderEntry(_Entry):
+    kind: Literal["imagefolder"]
+    root: str  # root/<class folder>/<image>
+    templates: list[str] = Field(["a photo of a {c}."], min_length=1)
+    classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
+
+
+BenchmarkEntry = Annotated[
+    ToyEntry | Urban1kEntry | ShareGPT4VEntry | DCIEntry | IIWEntry | DOCCIEntry | KarpathyEntry | CocoVal2017Entry
+    | ImageFolderEntry,
+    Field(discriminator="kind"),
+]
+
+
+class ToyBenchmarkParams(Section):
+    """Held-out toy-world scenes (same world shape as source.toyworld, a different seed)."""
+
+    seed: int = 1_000_003
+    num_images: int = Field(500, ge=2)  # multi-object scenes for long / short retrieval
+    num_classification_images: int = Field(480, ge=1)  # single-object scenes, label "<colour> <shape>"
+    short_text: Literal["alt_text", "first_sentence"] = "alt_text"
+    templates: list[str] = Field(["a photo of a {c}.", "a {c}.", "a drawing of a {c}."], min_length=1)
+
+    @model_validator(mode="after")
+    def _templates_have_slot(self):
+        if any("{c}" not in t for t in self.templates):
+            raise ValueError("templates: every template needs '{c}'")
+        return self
+
+
+def _default_benchmarks() -> list:
+    return [ToyEntry(kind="toy", name="toy_long", task="long_retrieval"),
+            ToyEntry(kind="toy", name="toy_short", task="short_retrieval"),
+            ToyEntry(kind="toy", name="toy_zeroshot", task="zeroshot")]
+
+
+class EvaluateParams(Section):
+    """The base model evaluated is `train.base_model` (the CLIP that training starts from)."""
+
+    trained_model: str | None = "models/fixclip"  # model folder written by train; null: base model only
+    toy: ToyBenchmarkParams = ToyBenchmarkParams()
+    benchmarks: list[BenchmarkEntry] = Field(default_factory=_default_benchmarks, min_length=1)
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(0, ge=0)  # DataLoader processes decoding images
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; null: torch's default
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [b.name for b in self.benchmarks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"benchmarks: duplicate names {duplicates}")
+        return self

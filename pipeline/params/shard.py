@@ -1,0 +1,18 @@
+"""The `shard:` section: deterministic webdataset shards for training."""
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.params.section import Section
+
+
+class ShardParams(Section):
+    """Deterministic webdataset shards for training (see pipeline/shards.py)."""
+
+    seed: int = 0
+    samples_per_shard: int = Field(1000, ge=1)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    # Short text of the short branch: the long caption's first sentence (Long-CLIP's convention), the source's alt
+    # text, or both (alt text for a seeded `alt_text_rate` of samples).
+    short_text: Literal["first_sentence", "alt_text", "both"] = "first_sentence"
+    alt_text_rate: float = Field(0.5, ge=0.0, le=1.0)

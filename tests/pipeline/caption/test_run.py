@@ -1,0 +1,139 @@
+"""The caption client and stage against a real vLLM server serving the tiny LLaVA."""
+import asyncio
+import io
+import json
+import os
+import signal
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.caption.client import CaptionServiceError, ImageItem, caption_stream, prompt_id_for
+from pipeline.caption.filters import STATUSES
+from pipeline.params.caption import Sampling
+from pipeline.caption.run import FINGERPRINT_FILE, run
+from tests.vllm_fixtures import (  # noqa: F401
+    raw_shards, tiny_params, toy_image, vllm_fleet, vllm_pids, vllm_server,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def jpeg(i: int) -> bytes:
+    buffer = io.BytesIO()
+    toy_image(i).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def caption_items(params, urls, items) -> list:
+    results = []
+
+    async def source():
+        for item in items:
+            yield item
+
+    async def collect(result):
+        results.append(result)
+
+    stats = asyncio.run(caption_stream(params, urls, source(), len(items), collect))
+    return results, stats
+
+
+def raw_keys(raw_dir: Path) -> dict[str, list[str]]:
+    keys = {}
+    for tar_path in sorted(raw_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            keys[tar_path.stem] = sorted(m.name[:-4] for m in tar if m.name.endswith(".jpg"))
+    return keys
+
+
+def caption_rows(out_dir: Path) -> dict[str, list[str]]:
+    return {p.stem: pq.read_table(p).column("key").to_pylist() for p in sorted(out_dir.glob("*.parquet"))}
+
+
+def assert_counts_add_up(metrics: dict, n_images: int) -> None:
+    assert metrics["images"] == n_images
+    assert sum(metrics[status] for status in STATUSES) == n_images
+
+
+def test_stage_captions_every_image(raw_shards, vllm_server, tmp_path):  # noqa: F811
+    params = tiny_params(endpoints=[vllm_server])
+    metrics = run(params, raw_shards, tmp_path / "captions", tmp_path / "caption.json", tmp_path / "logs")
+    keys = raw_keys(raw_shards)
+    assert caption_rows(tmp_path / "captions") == keys
+    n_images = sum(map(len, keys.values()))
+    assert_counts_add_up(metrics, n_images)
+    assert metrics == json.loads((tmp_path / "caption.json").read_text())
+    assert metrics["failed"] == 0 and metrics["ok"] > 0 and metrics["images_per_s"] > 0
+    table = pq.read_table(next((tmp_path / "captions").glob("*.parquet"))).to_pylist()
+    assert all(row["caption"] and row["tokens"] > 0 and row["model"] == params.model for row in table)
+    assert {row["prompt_id"] for row in table} <= set(range(len(params.prompts)))
+
+    again = run(params, raw_shards, tmp_path / "captions", tmp_path / "caption.json", tmp_path / "logs")
+    assert again["shards_skipped"] == again["shards"] and again["captioned_this_run"] == 0
+    assert_counts_add_up(again, n_images)
+
+    changed = tiny_params(endpoints=[vllm_server], sampling=Sampling(max_tokens=8))
+    redone = run(changed, raw_shards, tmp_path / "captions", tmp_path / "caption.json", tmp_path / "logs")
+    assert redone["captioned_this_run"] == n_images, "a caption param change recaptions everything"
+    assert json.loads((tmp_path / "captions" / FINGERPRINT_FILE).read_text())["params"]["sampling"]["max_tokens"] == 8
+
+
+def test_same_image_prompt_seed_same_caption(vllm_server):  # noqa: F811
+    params = tiny_params(retry_rejected_with_other_prompt=False, sampling=Sampling(max_tokens=24, temperature=1.0))
+    item = ImageItem("00000", "000000007", jpeg(7), "jpg")
+    first = caption_items(params, [vllm_server], [item])[0][0]
+    second = caption_items(params, [vllm_server], [item])[0][0]
+    assert first.caption and first.caption == second.caption
+    assert first.prompt_id == prompt_id_for(item.key, len(params.prompts))
+    reseeded = tiny_params(retry_rejected_with_other_prompt=False, sampling=Sampling(max_tokens=24, seed=1))
+    assert caption_items(reseeded, [vllm_server], [item])[0][0].caption != first.caption
+
+
+def test_many_concurrent_requests(vllm_server):  # noqa: F811
+    params = tiny_params(concurrency=24)
+    items = [ImageItem("00000", f"{i:09d}", jpeg(i), "jpg") for i in range(48)]
+    results, stats = caption_items(params, [vllm_server], items)
+    assert sorted(r.key for r in results) == [item.key for item in items]
+    assert all(r.caption for r in results) and stats["tokens"] > 0
+    assert len({r.prompt_id for r in results}) > 1, "prompts vary across images"
+
+
+def test_resume_after_server_killed_mid_stage(raw_shards, vllm_fleet, vllm_server, tmp_path):  # noqa: F811
+    out = tmp_path / "captions"
+    killing = tiny_params(concurrency=1, sampling=Sampling(max_tokens=64), retries=1, backoff_s=0.1)
+    outcome = {}
+
+    def stage():
+        try:
+            outcome["metrics"] = run(killing, raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
+        except CaptionServiceError as err:
+            outcome["error"] = err
+
+    before = set(vllm_pids())
+    thread = threading.Thread(target=stage)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.parquet")) and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    finished_first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    server_pid = min(set(vllm_pids()) - before)
+    os.killpg(os.getpgid(server_pid), signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "error" in outcome, "the stage noticed the dead server"
+    assert finished_first and len(finished_first) < len(raw_keys(raw_shards))
+    assert not (set(vllm_pids()) - before), "the killed server's processes are gone"
+
+    metrics = run(tiny_params(endpoints=[vllm_server], concurrency=1, sampling=Sampling(max_tokens=64)),
+                  raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
+    keys = raw_keys(raw_shards)
+    assert caption_rows(out) == keys, "no caption lost, none duplicated"
+    assert metrics["shards_skipped"] >= len(finished_first)
+    assert {name: (out / name).stat().st_mtime_ns for name in finished_first} == finished_first
+    assert_counts_add_up(metrics, sum(map(len, keys.values())))
+    assert not list(out.glob(".*.tmp"))

@@ -1,0 +1,84 @@
+"""params.yaml is validated in full, before any work, with errors that name the key."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.params import Params, ParamsError, load_params, parse_params
+from pipeline.params.section import Section
+from tests.conftest import REPO, stage_env
+
+
+def test_shipped_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.source.kind == "toyworld"
+
+
+def _missing_keys(model_cls, mapping, prefix=""):
+    """Schema keys that params.yaml does not spell out (unknown keys are already rejected by validation)."""
+    missing = []
+    for name, field in model_cls.model_fields.items():
+        if name not in mapping:
+            missing.append(f"{prefix}{name}")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            missing += _missing_keys(field.annotation, mapping[name], f"{prefix}{name}.")
+    return missing
+
+
+def test_params_yaml_lists_every_schema_key():
+    """No hidden defaults: what runs is what params.yaml (and so DVC) shows."""
+    assert _missing_keys(Params, yaml.safe_load((REPO / "params.yaml").read_text())) == []
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"download": {"thread_count": "many"}}, "download.thread_count: expected int, got 'many'"),
+        ({"download": {"thread_count": "8"}}, "download.thread_count: expected int, got '8'"),
+        ({"download": {"timeout": 2.5}}, "download.timeout: expected int, got 2.5"),
+        ({"download": {"threads": 8}}, "download.threads: unknown key"),
+        ({"nonsense": {}}, "nonsense: unknown key"),
+        ({"download": {"distributor": "slurm"}}, "download.distributor: input should be"),
+        ({"download": {"image_size": 0}}, "download.image_size: input should be greater than or equal to 8"),
+        ({"source": {"kind": "url_list", "url_list": {"path": "missing.csv"}}},
+         "source.url_list.path: file not found: 'missing.csv'"),
+        ({"source": {"toyworld": {"min_objects": 5, "max_objects": 4}}}, "source.toyworld: min_objects (5) >"),
+        ({"source": {"toyworld": {"max_objects": 10}}}, "source.toyworld: max_objects (10) exceeds"),
+        ({"source": {"toyworld": {"textures": "yes"}}}, "source.toyworld.textures: expected bool, got 'yes'"),
+    ],
+)
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert message in str(info.value)
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ParamsError) as info:
+        parse_params({"download": {"thread_count": "many", "timeout": "x"}})
+    assert "download.thread_count" in str(info.value) and "download.timeout" in str(info.value)
+
+
+def test_unreadable_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("download: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("stage", ["source", "download"])
+def test_stage_fails_before_work_on_bad_params(tmp_path, stage):
+    """The stage exits 2 with the key named and writes nothing."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["download"]["thread_count"] = "many"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = stage_env()
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "download.thread_count: expected int, got 'many'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

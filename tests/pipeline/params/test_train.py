@@ -1,0 +1,64 @@
+"""The `train:` section: validated before any work, errors name the key (train.fixclip.num_prompts, ...)."""
+import pytest
+import yaml
+
+from fixclip.train.config import TrainConfig
+from pipeline.params import ParamsError, parse_params
+from pipeline.params.train import TrainParams
+from stages.train import check_fits_base_model
+from tests.conftest import REPO
+
+
+def _error(train: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        parse_params({"train": train})
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"fixclip": {"num_prompts": 0}}, "train.fixclip.num_prompts: "),
+    ({"fixclip": {"regional_prompt": False}}, "train.fixclip.regional_prompt: unknown key"),
+    ({"fixclip": {"regional_prompts": "no"}}, "train.fixclip.regional_prompts: expected bool, got 'no'"),
+    ({"fixclip": {"hfa_weights": [1.0]}}, "train.fixclip.hfa_weights: needs one weight per group 1..2, got 1"),
+    ({"method": "longclip"}, "train.method: 'longclip' is not implemented yet"),
+    ({"method": "clip"}, "train.method: "),
+    ({"batch_size": "32"}, "train.batch_size: expected int, got '32'"),
+    ({"batch_size": 30, "num_workers": 4}, "train.batch_size: must be a multiple of num_workers (4)"),
+    ({"epochs": 1.0, "samples": 100}, "train.epochs: set exactly one of epochs and samples"),
+    ({"nan_policy": "ignore"}, "train.nan_policy: "),
+    ({"distributed": {"nproc_per_node": 0}}, "train.distributed.nproc_per_node: "),
+])
+def test_bad_values_name_the_key(train, message):
+    assert message in _error(train)
+
+
+def test_model_dependent_checks_name_the_key(monkeypatch):
+    """num_prompts must divide the base model's 64 patches: known only with the model, still before any work."""
+    monkeypatch.chdir(REPO)
+    params = TrainParams.model_validate({"fixclip": {"num_prompts": 7}})
+    with pytest.raises(ParamsError, match=r"train\.fixclip\.num_prompts: must divide the 64 patches"):
+        check_fits_base_model(params)
+    missing = TrainParams.model_validate({"base_model": {"weights": "nowhere.pt"}})
+    with pytest.raises(ParamsError, match=r"train\.base_model\.weights: file not found"):
+        check_fits_base_model(missing)
+
+
+def test_the_yaml_section_is_the_library_config(monkeypatch):
+    """One definition: the validated section is the library's TrainConfig, with params.yaml's values."""
+    monkeypatch.chdir(REPO)
+    section = yaml.safe_load("""
+      fixclip: {regional_prompts: false, hfa_weights: [1.0], hfa_first_group: 2}
+      epochs: 2.0
+      betas: [0.9, 0.98]
+    """)
+    cfg = parse_params({"train": section}).train
+    assert type(cfg) is TrainConfig
+    assert cfg.fixclip.regional_prompts is False and cfg.fixclip.hfa_weights == [1.0]
+    assert cfg.epochs == 2.0 and cfg.betas == [0.9, 0.98] and cfg.fixclip.num_prompts == 8
+    check_fits_base_model(cfg)
+
+
+def test_schema_defaults_equal_params_yaml():
+    """No default hides outside params.yaml: every key is listed there with the schema's default value."""
+    listed = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    assert TrainParams().model_dump() == TrainParams.model_validate(listed).model_dump()

@@ -1,0 +1,160 @@
+"""The download stage runs real img2dataset against a real loopback HTTP server; every URL is accounted for."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import download
+from pipeline.params.download import DownloadParams
+from pipeline.params import ParamsError
+from tests.conftest import free_port
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def _photo(size=(80, 60)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    return Image.fromarray((gradient * 0.7 + rng.integers(0, 70, gradient.shape)).astype(np.uint8))
+
+
+def _cases(base: str, routes: dict) -> dict[str, str | None]:
+    """url -> expected failure class (None = success). Registers the server side of each case."""
+    photo = _photo()
+    jpeg = _encode(photo, "JPEG", quality=90)
+    served = {
+        "/good.jpg": (200, "image/jpeg", jpeg, 0),
+        "/good.png": (200, "image/png", _encode(photo, "PNG"), 0),
+        "/cmyk.jpg": (200, "image/jpeg", _encode(photo.convert("CMYK"), "JPEG"), 0),
+        "/deep.png": (200, "image/png", _encode(Image.fromarray(
+            (np.arange(60 * 80, dtype=np.uint16).reshape(60, 80) * 13)), "PNG"), 0),
+        "/palette.gif": (200, "image/gif", _encode(photo.convert("P"), "GIF"), 0),
+        "/truncated.jpg": (200, "image/jpeg", jpeg[: len(jpeg) // 3], 0),
+        "/not-an-image.jpg": (200, "image/jpeg", b"<html>this is not an image</html>" * 20, 0),
+        "/slow.jpg": (200, "image/jpeg", jpeg, 4),
+    }
+    routes.update(served)
+    return {
+        f"{base}/good.jpg": None,
+        f"{base}/good.png": None,
+        f"{base}/cmyk.jpg": None,
+        f"{base}/deep.png": None,
+        f"{base}/palette.gif": "any",  # OpenCV builds differ on GIF; either outcome must be accounted for
+        f"{base}/truncated.jpg": "any",  # decoders may recover a partial image
+        f"{base}/not-an-image.jpg": "decode_error",
+        f"{base}/missing.jpg": "http_404",
+        f"http://127.0.0.1:{free_port()}/refused.jpg": "connection_refused",
+        f"{base}/slow.jpg": "timeout",
+    }
+
+
+def _urls_file(tmp_path, urls) -> str:
+    path = tmp_path / "urls.parquet"
+    pd.DataFrame({"url": urls, "uid": [f"u{i}" for i in range(len(urls))],
+                  "alt_text": [f"alt {i}" for i in range(len(urls))]}).to_parquet(path, index=False)
+    return path
+
+
+def _read_shards(out_dir):
+    records = pd.concat(pd.read_parquet(p) for p in sorted(out_dir.glob("*.parquet")))
+    members = {}
+    for tar in sorted(out_dir.glob("*.tar")):
+        with tarfile.open(tar) as archive:
+            for member in archive.getmembers():
+                members[member.name] = archive.extractfile(member).read()
+    return records, members
+
+
+def test_every_url_accounted(tmp_path, http_server):
+    base, routes = http_server
+    expected = _cases(base, routes)
+    params = DownloadParams(image_size=32, timeout=1, processes_count=1, thread_count=4, number_sample_per_shard=4)
+    summary = download.run(params, _urls_file(tmp_path, list(expected)), tmp_path / "raw")
+
+    assert summary["urls"] == len(expected)
+    assert summary["success"] + sum(summary["failures"].values()) == len(expected)
+    assert summary["shards"] == 3
+    records, members = _read_shards(tmp_path / "raw")
+    by_url = records.set_index("url")
+    for url, failure in expected.items():
+        row = by_url.loc[url]
+        if failure is None:
+            assert row["status"] == "success", (url, row["error_message"])
+            image = Image.open(io.BytesIO(members[f"{row['key']}.jpg"]))
+            assert image.size == (32, 32)
+            assert image.mode == ("L" if url.endswith("deep.png") else "RGB")  # grey stays grey
+            assert members[f"{row['key']}.txt"].decode() == row["caption"]
+            assert json.loads(members[f"{row['key']}.json"])["uid"] == row["uid"]
+        elif failure != "any":
+            assert row["status"] != "success"
+            assert download.failure_class(row["error_message"]) == failure, row["error_message"]
+
+
+def test_file_urls_relative_to_the_repo(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    _photo().save(tmp_path / "imgs" / "a.png")
+    urls = pd.DataFrame({"url": ["file:imgs/a.png", "file:imgs/absent.png"], "uid": ["a", "b"],
+                         "alt_text": ["x", "y"]})
+    urls.to_parquet(tmp_path / "urls.parquet")
+    summary = download.run(DownloadParams(processes_count=1, thread_count=2), tmp_path / "urls.parquet",
+                           tmp_path / "raw", root=tmp_path)
+    assert summary["success"] == 1 and summary["failures"] == {"file_not_found": 1}
+
+
+def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, http_server):
+    base, routes = http_server
+    routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
+    urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(6)])
+    out = tmp_path / "raw"
+    params = DownloadParams(image_size=32, processes_count=1, thread_count=2, number_sample_per_shard=3)
+    download.run(params, urls, out)
+    finished = (out / "00000.tar").stat().st_mtime_ns
+    (out / "00001_stats.json").unlink()  # as if killed while writing the second shard
+    summary = download.run(params, urls, out)
+    assert summary["success"] == 6
+    assert (out / "00000.tar").stat().st_mtime_ns == finished  # not downloaded again
+
+    summary = download.run(params.model_copy(update={"image_size": 24}), urls, out)
+    records, members = _read_shards(out)
+    assert summary["success"] == 6 and len(records) == 6
+    assert {Image.open(io.BytesIO(b)).size for n, b in members.items() if n.endswith(".jpg")} == {(24, 24)}
+
+
+def test_extra_options_are_checked_against_img2dataset():
+    assert download.img2dataset_options(DownloadParams(extra={"compute_hash": "md5"}))["compute_hash"] == "md5"
+    with pytest.raises(ParamsError, match="download.extra.thread_cnt: not an img2dataset option"):
+        download.img2dataset_options(DownloadParams(extra={"thread_cnt": 3}))
+    with pytest.raises(ParamsError, match="download.extra.output_folder: set by the pipeline"):
+        download.img2dataset_options(DownloadParams(extra={"output_folder": "x"}))
+
+
+@pytest.mark.parametrize("message, name", [
+    ("HTTP Error 404: Not Found", "http_404"),
+    ("HTTP Error 503: Service Unavailable", "http_503"),
+    ("<urlopen error [Errno 111] Connection refused>", "connection_refused"),
+    ("The read operation timed out", "timeout"),
+    ("<urlopen error [Errno -2] Name or service not known>", "dns_error"),
+    ("something new", "other"),
+    (None, "other"),
+])
+def test_failure_classes(message, name):
+    assert download.failure_class(message) == name
+
+
+@pytest.mark.slow
+def test_pyspark_local_mode(tmp_path, http_server):
+    base, routes = http_server
+    routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
+    urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(8)] + [f"{base}/gone.jpg"])
+    params = DownloadParams(image_size=32, processes_count=2, thread_count=2, number_sample_per_shard=3,
+                            distributor="pyspark")
+    summary = download.run(params, urls, tmp_path / "raw")
+    assert summary["success"] == 8 and summary["failures"] == {"http_404": 1} and summary["shards"] == 3
