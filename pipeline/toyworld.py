@@ -8,7 +8,7 @@ are made or in what order. A scene has
 - a web-style alt text: short and partial, as real alt text is.
 """
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +104,17 @@ def long_description(scene: Scene) -> str:
 
 
 def alt_text(scene: Scene, rng: np.random.Generator) -> str:
-    """A short, partial, web-style text: mentions at most two objects, sometimes none."""
-    first, second = (scene.objects[i] for i in rng.choice(len(scene.objects), size=2, replace=True))
+    """A short, partial, web-style text: names one or two objects (never all of a 3+ object scene), with one
+    detail of the first (size, fill or the background), so that alt texts rarely repeat across scenes."""
+    picks = rng.choice(len(scene.objects), size=min(2, len(scene.objects)), replace=False)
+    first, second = scene.objects[picks[0]], scene.objects[picks[-1]]
     templates = (
-        f"{first.colour} {first.shape}",
+        f"{first.size} {first.colour} {first.shape}",
         f"{first.colour} {first.shape} and {second.colour} {second.shape}",
-        f"{_number(len(scene.objects))} shapes on {scene.background}",
-        f"geometric shapes, {first.size} {first.shape}",
-        f"abstract pattern with a {first.colour} {first.shape}",
+        f"{first.colour} {first.shape} next to a {second.size} {second.colour} {second.shape}",
+        f"{first.texture} {first.colour} {first.shape} on {scene.background}",
+        f"{_number(len(scene.objects))} shapes with a {first.colour} {first.shape} and a {second.colour} "
+        f"{second.shape}",
     )
     return templates[int(rng.integers(len(templates)))]
 
@@ -187,8 +190,13 @@ class ToyRecord:
 def make_record(seed: int, index: int, image_size: int, grid: int, min_objects: int, max_objects: int,
                 textures: bool) -> ToyRecord:
     """Scene `index` of the world `seed`: image, alt text, long description (pure function of its arguments)."""
-    scene = sample_scene(seed, index, grid, min_objects, max_objects, textures)
-    rng = np.random.default_rng([seed, index, 1])
+    return scene_record(sample_scene(seed, index, grid, min_objects, max_objects, textures), seed, index, image_size)
+
+
+def scene_record(scene: Scene, seed: int, index: int, image_size: int, draw_key: int | None = None) -> ToyRecord:
+    """The record of a given scene as scene `index` of world `seed`. Its jitter and alt text are drawn from
+    (seed, draw_key, 1), draw_key defaulting to index: two scenes rendered with one key differ only where they do."""
+    rng = np.random.default_rng([seed, index if draw_key is None else draw_key, 1])
     return ToyRecord(
         uid=f"toy{seed:04d}{index:07d}",
         image=render(scene, image_size, rng),
@@ -196,6 +204,17 @@ def make_record(seed: int, index: int, image_size: int, grid: int, min_objects: 
         long_description=long_description(scene),
         scene_json=scene.to_json(),
     )
+
+
+def twin_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with its last-described object changed in colour or in shape. The two long descriptions agree
+    up to that object's sentence, so only a reader of the description's end can tell the two images apart."""
+    last = scene.objects[-1]
+    if rng.random() < 0.5:
+        changed = replace(last, colour=str(rng.choice([c for c in COLOURS if c != last.colour])))
+    else:
+        changed = replace(last, shape=str(rng.choice([s for s in SHAPES if s != last.shape])))
+    return replace(scene, objects=scene.objects[:-1] + (changed,))
 
 
 def write_png(image: Image.Image, path: Path) -> None:

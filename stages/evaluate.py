@@ -6,20 +6,22 @@ base and trained side by side).
 """
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from fixclip.eval.benchmarks import ADAPTERS
 from fixclip.eval.encode import CachedEncoder
-from fixclip.model_folder import load_base, load_model_folder
 from fixclip.eval.run import evaluate_all, plot_rows
-from pipeline.params.evaluate import EvaluateParams
+from fixclip.model_folder import load_base, load_model_folder
 from pipeline.outputs import write_json
-from pipeline.params.source import ToyWorldParams
 from pipeline.params import exit_on_params_error, load_params
-from pipeline.toy_benchmark import generate
+from pipeline.params.download import DownloadParams
+from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.source import ToyWorldParams
 from pipeline.params.train import BaseModelParams
+from pipeline.toy_benchmark import generate
 
 TOY_DIR = Path("data/toy_benchmark")
 METRICS = Path("metrics/eval.json")
@@ -34,11 +36,13 @@ def load_models(params: EvaluateParams, base: BaseModelParams) -> dict:
 
 
 def load_benchmark(entry, toy_dir: Path):
-    """The adapter of `entry.kind` called with the entry's options (toy: the generated folder)."""
+    """The adapter of `entry.kind` called with the entry's options (toy: the generated folder), captions cut to
+    `max_text_tokens` when set."""
     kwargs = entry.adapter_kwargs()
     if entry.kind == "toy":
         kwargs["root"] = str(toy_dir)
-    return ADAPTERS[entry.kind](**kwargs)
+    benchmark = ADAPTERS[entry.kind](**kwargs)
+    return benchmark if entry.max_text_tokens is None else replace(benchmark, max_text_tokens=entry.max_text_tokens)
 
 
 def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
@@ -50,14 +54,16 @@ def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
             writer.writerows({"task": r["task"], "score": round(r["score"], 4)} for r in plot_rows(results, model))
 
 
-def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
-        plots_dir: Path = PLOTS) -> dict:
+def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, download: DownloadParams,
+        toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS, plots_dir: Path = PLOTS) -> dict:
     """Generate the toy benchmark if listed, evaluate every model on every benchmark, write metrics and plots."""
     if params.threads:
         torch.set_num_threads(params.threads)
     start = time.perf_counter()
     if any(entry.kind == "toy" for entry in params.benchmarks):
-        generate(params.toy, world, toy_dir)
+        stats = generate(params.toy, world, download, toy_dir)
+        print(f"evaluate: toy benchmark: {stats['share_over_77_tokens']:.0%} of long descriptions over 77 tokens, "
+              f"{stats['share_twins_equal_in_first_77_tokens']:.0%} of twin pairs equal in their first 77")
     models = load_models(params, base)
     encoders = [CachedEncoder(model, name, params.batch_size, params.workers) for name, model in models.items()]
     results = evaluate_all(encoders, {entry.name: load_benchmark(entry, toy_dir) for entry in params.benchmarks})
@@ -69,7 +75,7 @@ def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, to
 
 def main() -> None:
     params = load_params()
-    run(params.evaluate, params.train.base_model, params.source.toyworld)
+    run(params.evaluate, params.train.base_model, params.source.toyworld, params.download)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,14 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO, file_digests, run
+from tests.stage_imports import imported_files, stage_module, stages
 
 pytestmark = pytest.mark.slow
 VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
+# One library file per stage, plus files shared by several stages.
+CODE_EDITS = ("pipeline/url_list.py", "pipeline/download.py", "pipeline/caption/client.py", "pipeline/shards.py",
+              "fixclip/loss.py", "fixclip/eval/metrics.py", "pipeline/toyworld.py", "fixclip/model.py",
+              "pipeline/outputs.py")
 
 
 def _commit(root, message):
@@ -85,6 +90,17 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
 
     again = run(["dvc", "repro"], repo_copy)
     assert _ran(again.stdout) == set() and "Data and pipelines are up to date." in again.stdout
+
+    for edited in CODE_EDITS:  # an edit reruns exactly the stages that import the file
+        path = repo_copy / edited
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        try:
+            status = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
+        finally:
+            path.write_text(original)
+        importers = {name for name, stage in stages().items() if edited in imported_files(stage_module(stage))}
+        assert importers and set(status) == importers, (edited, sorted(status), sorted(importers))
 
     shards = file_digests(repo_copy / "data/shards")
     run(["dvc", "repro", "-f", "-s", "shard"], repo_copy)

@@ -1,7 +1,7 @@
 """Batched, cached encoding of images and texts for evaluation (progress bars, no gradients).
 
 Texts are tokenised at the model's own context (77 for a plain CLIP, 248 after the stretch: longer captions are
-truncated there) and encoded in batches of similar length, so ``FixClip``'s padding trim runs short captions on
+truncated there, or earlier when a benchmark sets ``max_text_tokens``) and encoded in batches of similar length, so ``FixClip``'s padding trim runs short captions on
 short sequences. Embeddings are cached per model for the whole run, keyed by image path or text, so benchmarks that
 share images (the toy long / short / zero-shot tasks) encode each image once per model.
 """
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..model import FixClip
+from ..text_stretch import long_tokenizer
 
 
 class _ImageFiles(Dataset):
@@ -40,11 +41,11 @@ class CachedEncoder:
 
     def __init__(self, model: FixClip, name: str, batch_size: int = 64, workers: int = 0):
         self.model, self.name = model.eval(), name
+        self.context_length = model.context_length
         self.batch_size, self.workers = batch_size, workers
-        self.tokenizer = model.tokenizer()
         self.transform = eval_transform(model)
         self._images: dict[str, torch.Tensor] = {}
-        self._texts: dict[str, torch.Tensor] = {}
+        self._texts: dict[tuple[str, int], torch.Tensor] = {}
 
     def images(self, paths: list[Path]) -> torch.Tensor:
         """[N, D] embeddings of the image files, in order."""
@@ -60,16 +61,18 @@ class CachedEncoder:
             self._images.update(zip(missing, torch.cat(rows)))
         return torch.stack([self._images[k] for k in keys])
 
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        """[N, D] embeddings of the texts, in order (truncated at the model's context length)."""
-        missing = sorted(set(texts) - self._texts.keys())
+    def texts(self, texts: list[str], max_tokens: int | None = None) -> torch.Tensor:
+        """[N, D] embeddings of the texts, in order, each read up to the model's context or ``max_tokens``."""
+        context = self.context_length if max_tokens is None else min(max_tokens, self.context_length)
+        missing = sorted(set(texts) - {text for text, n in self._texts if n == context})
         if missing:
-            tokens = self.tokenizer(missing)
+            tokens = long_tokenizer(context)(missing)
+            tokens = F.pad(tokens, (0, self.context_length - context))  # zeros are padding
             order = torch.argsort((tokens != 0).sum(dim=1), descending=True, stable=True)
             with torch.inference_mode():
                 for start in tqdm(range(0, len(missing), self.batch_size), desc=f"{self.name}: texts",
                                   unit="batch", leave=False):
                     chosen = order[start:start + self.batch_size]
                     embedded = F.normalize(self.model.encode_text(tokens[chosen]).float(), dim=-1)
-                    self._texts.update(zip((missing[i] for i in chosen.tolist()), embedded))
-        return torch.stack([self._texts[t] for t in texts])
+                    self._texts.update(zip(((missing[i], context) for i in chosen.tolist()), embedded))
+        return torch.stack([self._texts[(t, context)] for t in texts])

@@ -4,10 +4,13 @@ Retrieval follows the CLIP-paper convention (and clip_benchmark's): a query scor
 positives is among its k best candidates. Image-to-text (I2T) queries are images and candidates texts; text-to-image
 (T2I) the reverse. Positives are a relation, so an image may have several captions (COCO, Flickr30k) and a caption
 may describe several images (a duplicated caption merged into one text). The rank of a query is the number of
-candidates scoring strictly higher than its best positive: ties are resolved in the query's favour, where
-``torch.topk`` would resolve them arbitrarily.
+candidates scoring strictly higher than its best positive. Candidates that tie with it exactly (texts that agree in
+everything a 77-token model reads, say) are ordered uniformly at random, in expectation: R@k is the probability that
+a positive lands in the top k, so a model that cannot tell two twins apart scores 50% on them at R@1, not the 100%
+of resolving ties in the query's favour nor the arbitrary result of ``torch.topk``. Without ties both agree.
 """
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -30,9 +33,38 @@ def _ranks(scores: torch.Tensor, best: torch.Tensor, chunk: int) -> torch.Tensor
                       for i in range(0, scores.shape[0], chunk)])
 
 
+def _ties(scores: torch.Tensor, best: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+          chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: positives scoring exactly the best positive's score, and other candidates scoring it."""
+    equal = torch.cat([(scores[i:i + chunk] == best[i:i + chunk, None]).sum(dim=1)
+                       for i in range(0, scores.shape[0], chunk)])
+    positive = torch.zeros_like(equal).scatter_add(0, rows, (scores[rows, cols] == best[rows]).long())
+    return positive, equal - positive
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Per query: candidates strictly above its best positive, and the tie at that score (positives, others)."""
+
+    above: torch.Tensor
+    tied_positives: torch.Tensor
+    tied_others: torch.Tensor
+
+    def hit_probability(self, k: int) -> torch.Tensor:
+        """P(a positive is in the top k) when the tied group is ordered uniformly at random."""
+        slots = (k - self.above).clamp(min=0)
+        miss = torch.ones(self.above.shape, dtype=torch.float64)
+        for i in range(k):  # P(the first `slots` places of the tied group all go to non-positives)
+            draws = (slots > i) & (self.tied_others >= i)  # past the last non-positive the miss is already 0
+            others = (self.tied_others - i).clamp(min=0).double()
+            total = (self.tied_others + self.tied_positives - i).double()
+            miss = torch.where(draws, miss * others / total, miss)
+        return 1.0 - miss
+
+
 def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, pair_text: torch.Tensor,
-                    pair_image: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """0-based ranks of every image's best caption (I2T) and every text's best image (T2I).
+                    pair_image: torch.Tensor, chunk: int = 4096) -> tuple[Ranks, Ranks]:
+    """Ranks of every image's best caption (I2T) and every text's best image (T2I), with their ties.
 
     ``image_emb`` [I, D] and ``text_emb`` [T, D] are L2-normalised; positive pairs are given as two index vectors
     (text j describes image i for every k with pair_text[k] = j, pair_image[k] = i). Every image and every text needs
@@ -41,15 +73,17 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, pair_text: 
     pair_text, pair_image = pair_text.long(), pair_image.long()
     if torch.unique(pair_text).numel() != scores.shape[0] or torch.unique(pair_image).numel() != scores.shape[1]:
         raise ValueError("every image and every text needs at least one positive pair")
-    t2i = _ranks(scores, _best_positive_scores(scores, pair_text, pair_image), chunk)
-    scores_t = scores.T.contiguous()
-    i2t = _ranks(scores_t, _best_positive_scores(scores_t, pair_image, pair_text), chunk)
-    return i2t, t2i
+
+    def ranks(table: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> Ranks:
+        best = _best_positive_scores(table, rows, cols)
+        return Ranks(_ranks(table, best, chunk), *_ties(table, best, rows, cols, chunk))
+
+    return ranks(scores.T.contiguous(), pair_image, pair_text), ranks(scores, pair_text, pair_image)
 
 
-def recall_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """Percent of queries whose best positive ranks within the top k."""
-    return {f"R@{k}": _percent(ranks < k) for k in ks}
+def recall_from_ranks(ranks: Ranks, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Percent of queries with a positive within the top k (expected over the order of exact ties)."""
+    return {f"R@{k}": 100.0 * float(ranks.hit_probability(k).mean()) for k in ks}
 
 
 def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, pair_text: torch.Tensor,

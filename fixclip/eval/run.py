@@ -14,7 +14,8 @@ from .metrics import class_embeddings, retrieval_recall, zero_shot_accuracy
 
 def evaluate_retrieval(encoder: CachedEncoder, benchmark: RetrievalBenchmark) -> dict[str, float]:
     texts, pair_text, pair_image = benchmark.texts_and_pairs()
-    metrics = retrieval_recall(encoder.images(benchmark.images), encoder.texts(texts), pair_text, pair_image)
+    metrics = retrieval_recall(encoder.images(benchmark.images), encoder.texts(texts, benchmark.max_text_tokens),
+                               pair_text, pair_image)
     metrics.update(images=len(benchmark.images), texts=len(texts), duplicate_captions=benchmark.num_captions - len(texts))
     return metrics
 

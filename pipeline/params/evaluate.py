@@ -14,23 +14,36 @@ class _Entry(Section):
     """A benchmark entry; fields named in `path_keys` must exist when the entry is listed."""
 
     name: str = _NAME
+    # Retrieval only: cut every caption to its first N CLIP tokens (start and end included) before any model
+    # sees it; 77 shows what a model gets from a long text without what lies beyond CLIP's context.
+    max_text_tokens: int | None = Field(None, ge=3)
     path_keys: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def is_retrieval(self) -> bool:
+        return True
 
     @model_validator(mode="after")
     def _paths_exist(self):
         for key in self.path_keys:
             if not Path(getattr(self, key)).exists():
                 raise ValueError(f"{key}: not found: {getattr(self, key)!r}")
+        if self.max_text_tokens is not None and not self.is_retrieval:
+            raise ValueError("max_text_tokens: applies to retrieval benchmarks only")
         return self
 
     def adapter_kwargs(self) -> dict:
         """Keyword arguments of the adapter `fixclip.eval.benchmarks.ADAPTERS[kind]`."""
-        return self.model_dump(exclude={"kind", "name"})
+        return self.model_dump(exclude={"kind", "name", "max_text_tokens"})
 
 
 class ToyEntry(_Entry):
     kind: Literal["toy"]
     task: Literal["long_retrieval", "short_retrieval", "zeroshot"]
+
+    @property
+    def is_retrieval(self) -> bool:
+        return self.task != "zeroshot"
 
 
 class Urban1kEntry(_Entry):
@@ -94,6 +107,10 @@ class ImageFolderEntry(_Entry):
     classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)
     path_keys: ClassVar[tuple[str, ...]] = ("root",)
 
+    @property
+    def is_retrieval(self) -> bool:
+        return False
+
 
 BenchmarkEntry = Annotated[
     ToyEntry | Urban1kEntry | ShareGPT4VEntry | DCIEntry | IIWEntry | DOCCIEntry | KarpathyEntry | CocoVal2017Entry
@@ -106,7 +123,8 @@ class ToyBenchmarkParams(Section):
     """Held-out toy-world scenes (same world shape as source.toyworld, a different seed)."""
 
     seed: int = 1_000_003
-    num_images: int = Field(500, ge=2)  # multi-object scenes for long / short retrieval
+    num_images: int = Field(500, ge=2, multiple_of=2)  # twin pairs of multi-object scenes for long/short retrieval
+    min_objects: int = Field(5, ge=1)  # retrieval scenes have min_objects..source.toyworld.max_objects objects
     num_classification_images: int = Field(480, ge=1)  # single-object scenes, label "<colour> <shape>"
     short_text: Literal["alt_text", "first_sentence"] = "alt_text"
     templates: list[str] = Field(["a photo of a {c}.", "a {c}.", "a drawing of a {c}."], min_length=1)
@@ -120,6 +138,7 @@ class ToyBenchmarkParams(Section):
 
 def _default_benchmarks() -> list:
     return [ToyEntry(kind="toy", name="toy_long", task="long_retrieval"),
+            ToyEntry(kind="toy", name="toy_long_cut77", task="long_retrieval", max_text_tokens=77),
             ToyEntry(kind="toy", name="toy_short", task="short_retrieval"),
             ToyEntry(kind="toy", name="toy_zeroshot", task="zeroshot")]
 

@@ -66,3 +66,22 @@ def test_render_draws_every_object_in_its_cell():
                     assert toyworld.COLOURS[occupied[(row, col)].colour] in colours
                 else:
                     assert colours == {toyworld.BACKGROUNDS[scene.background]}
+
+
+def test_alt_texts_rarely_repeat():
+    """Short-text retrieval needs short texts that mostly tell scenes apart (207 of 500 were distinct before)."""
+    texts = [toyworld.make_record(11, i, 32, 3, 3, 6, True).alt_text for i in range(500)]
+    assert len(set(texts)) >= 425
+
+
+def test_twin_changes_only_the_last_object_in_colour_or_shape():
+    for index in range(30):
+        scene = toyworld.sample_scene(5, index, 3, 5, 6, textures=True)
+        twin = toyworld.twin_scene(scene, np.random.default_rng(index))
+        assert twin.objects[:-1] == scene.objects[:-1] and twin.background == scene.background
+        changed = {k for k in ("colour", "shape", "size", "texture", "row", "col")
+                   if getattr(twin.objects[-1], k) != getattr(scene.objects[-1], k)}
+        assert changed in ({"colour"}, {"shape"})
+        first, second = (toyworld.long_description(s) for s in (scene, twin))
+        cut = first.rindex("In the ")
+        assert first[:cut] == second[:cut] and first != second

@@ -7,10 +7,12 @@ import torch
 
 @dataclass(frozen=True)
 class RetrievalBenchmark:
-    """Images and the captions of each image (one or several per image)."""
+    """Images and the captions of each image (one or several per image). With ``max_text_tokens`` every model
+    reads only the first that many tokens of each caption (start and end tokens included)."""
 
     images: list[Path]
     captions: list[list[str]]
+    max_text_tokens: int | None = None
 
     def __post_init__(self):
         if len(self.images) != len(self.captions):

@@ -21,8 +21,8 @@ def test_recall_with_several_captions_per_image_has_known_answers():
     i2t, t2i = retrieval_ranks(images, texts, pair_text, pair_image)
     # Image 0: text 0 first. Image 1: text 2 (1.0) beats text 1 (0.96). Image 2: text 3 is its only caption and
     # the only text with any component on axis 2.
-    assert i2t.tolist() == [0, 0, 0]
-    assert t2i.tolist() == [0, 1, 0, 1]
+    assert i2t.above.tolist() == [0, 0, 0]
+    assert t2i.above.tolist() == [0, 1, 0, 1]
     metrics = retrieval_recall(images, texts, pair_text, pair_image, ks=(1, 2))
     assert metrics == {"i2t_R@1": 100.0, "i2t_R@2": 100.0, "t2i_R@1": 50.0, "t2i_R@2": 100.0}
 
@@ -32,10 +32,31 @@ def test_image_to_text_counts_an_image_once_any_caption_hits():
     # Image 0's captions: text 0 (poor) and text 1 (good); text 2 is image 1's caption.
     texts = F.normalize(torch.tensor([[0.1, 1, 0, 0], [1, 0.2, 0, 0], [0.2, 1, 0, 0]]), dim=-1)
     i2t, _ = retrieval_ranks(images, texts, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
-    assert i2t[0] == 0
+    assert i2t.above[0] == 0
     texts[2] = F.normalize(torch.tensor([1, 0.05, 0, 0]), dim=0)  # now text 2 beats text 1 for image 0
     i2t, _ = retrieval_ranks(images, texts, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]))
-    assert i2t[0] == 1
+    assert i2t.above[0] == 1
+
+
+def test_exact_ties_count_in_expectation_not_in_the_query_favour():
+    """Two images whose texts embed identically (twins a model cannot tell apart) are a coin flip at R@1."""
+    images = _axes(0, 1, 2)
+    texts = F.normalize(torch.tensor([[1.0, 1, 0, 0], [1.0, 1, 0, 0], [0, 0, 1.0, 0]]), dim=-1)
+    pair = torch.tensor([0, 1, 2])
+    metrics = retrieval_recall(images, texts, pair, pair, ks=(1, 2))
+    # Images 0 and 1: their own text ties with the twin's -> 0.5 at R@1, 1 at R@2; image 2 is certain.
+    assert metrics["i2t_R@1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    assert metrics["t2i_R@1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    assert metrics["i2t_R@2"] == metrics["t2i_R@2"] == 100.0
+    # Three tied candidates, one positive: 1/3 at R@1, 2/3 at R@2.
+    i2t, _ = retrieval_ranks(_axes(0), F.normalize(torch.ones(3, 4), dim=-1), torch.tensor([0, 1, 2]),
+                             torch.tensor([0, 0, 0]))
+    assert i2t.tied_positives.tolist() == [3] and i2t.hit_probability(1).tolist() == [1.0]
+    images = _axes(0, 1, 2)
+    texts = F.normalize(torch.ones(3, 4), dim=-1)
+    i2t, _ = retrieval_ranks(images, texts, pair, pair)
+    assert i2t.hit_probability(1).tolist() == pytest.approx([1 / 3] * 3)
+    assert i2t.hit_probability(2).tolist() == pytest.approx([2 / 3] * 3)
 
 
 def test_every_image_and_text_needs_a_positive():

@@ -7,13 +7,16 @@ from pipeline.params.source import ToyWorldParams
 
 def test_defaults_are_the_held_out_toy_benchmark():
     params = EvaluateParams()
-    assert [b.name for b in params.benchmarks] == ["toy_long", "toy_short", "toy_zeroshot"]
+    assert [b.name for b in params.benchmarks] == ["toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"]
     assert params.toy.seed != ToyWorldParams().seed
 
 
 @pytest.mark.parametrize("raw, message", [
     ({"benchmarks": [{"kind": "urban1k", "name": "urban1k", "root": "/no/such/dir"}]}, "root: not found"),
     ({"benchmarks": [{"kind": "coco", "name": "coco"}]}, "does not match any of the expected tags"),
+    ({"benchmarks": [{"kind": "toy", "name": "zs", "task": "zeroshot", "max_text_tokens": 77}]},
+     "max_text_tokens: applies to retrieval benchmarks only"),
+    ({"toy": {"num_images": 7}}, "multiple of 2"),
     ({"benchmarks": [{"kind": "toy", "name": "t", "task": "zeroshot", "root": "x"}]}, "Extra inputs"),
     ({"benchmarks": [{"kind": "toy", "name": "t", "task": "zeroshot"}] * 2}, "duplicate names"),
     ({"toy": {"templates": ["a photo"]}}, "needs '{c}'"),
