@@ -85,6 +85,15 @@ def short_text(params: ShardParams, uid: str, long_caption: str, alt: str) -> tu
     return first_sentence(long_caption), "first_sentence"
 
 
+def ground_truth(row: dict) -> str:
+    """The source's own long description of an image (the toy world's ground truth), for `long_text: ground_truth`."""
+    text = row.get("long_description")
+    if not isinstance(text, str) or not text.strip():
+        raise ShardInputError(f"shard.long_text: ground_truth needs the source's long descriptions (the toy world "
+                              f"has them); image {row['key']} has none")
+    return text
+
+
 def load_raw_records(raw_dir: Path) -> pd.DataFrame:
     """img2dataset's per-shard records of successful downloads, with their shard file."""
     frames = []
@@ -152,7 +161,7 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.Dat
             entry["fate"] = "undecodable_image"
         else:
             split = "val" if unit_hash(params.seed, "split", uid) < params.val_fraction else "train"
-            long_caption = caption["caption"]
+            long_caption = caption["caption"] if params.long_text == "caption" else ground_truth(row)
             short, rule = short_text(params, uid, long_caption, row.get("caption") or "")
             entry.update(fate=split, long=long_caption, short=short,
                          meta=json.dumps(sample_json(row, caption, rule), sort_keys=True))

@@ -98,6 +98,16 @@ def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m, _ in _read(tar))
 
 
+def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
+    raw, captions = inputs
+    captioned = shards.run(ShardParams(val_fraction=0.0), raw, captions, tmp_path / "a")
+    truth = shards.run(ShardParams(val_fraction=0.0, long_text="ground_truth"), raw, captions, tmp_path / "b")
+    assert captioned == truth  # the same images survive: only the text differs
+    (tar,) = (tmp_path / "b/train").glob("*.tar")
+    members = dict((m.name, data) for m, data in _read(tar))
+    assert members["uid000.long.txt"].decode() == "truth 0." and members["uid000.short.txt"].decode() == "truth 0."
+
+
 def test_two_runs_give_identical_bytes(tmp_path, inputs):
     raw, captions = inputs
     params = ShardParams(samples_per_shard=4, val_fraction=0.25)
