@@ -82,7 +82,7 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     assert _image_sizes(repo_copy / "data/raw") == {(64, 64)}
     assert _metrics(repo_copy, "train")["samples"] == 64
     evaluation = _metrics(repo_copy, "eval")
-    assert set(evaluation) == {"toy_long", "toy_short", "toy_zeroshot"}
+    assert set(evaluation) == {"toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"}
     assert all(set(per_model) == {"base", "trained"} for per_model in evaluation.values())
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
