@@ -17,5 +17,5 @@ class ShardParams(Section):
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     # Short text of the short branch: the long caption's first sentence (Long-CLIP's convention), the source's alt
     # text, or both (alt text for a seeded `alt_text_rate` of samples).
-    short_text: Literal["first_sentence", "alt_text", "both"] = "first_sentence"
+    short_text: Literal["first_sentence", "alt_text", "both"] = "alt_text"
     alt_text_rate: float = Field(0.5, ge=0.0, le=1.0)

@@ -12,7 +12,7 @@ class ToyWorldParams(Section):
 
     seed: int = 0
     num_images: int = Field(3000, ge=1)
-    image_size: int = Field(96, ge=16)
+    image_size: int = Field(64, ge=16)
     grid: int = Field(3, ge=2, le=6)
     min_objects: int = Field(3, ge=1)
     max_objects: int = Field(6, ge=1)
@@ -33,7 +33,7 @@ class UrlListParams(Section):
     path: str = "assets/example_urls.csv"
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"
     url_col: str = "url"
-    caption_col: str | None = None
+    caption_col: str | None = "caption"
     keep_cols: list[str] = []
     max_samples: int | None = Field(None, ge=1)
     seed: int = 0

@@ -86,7 +86,7 @@ def test_every_image_accounted(tmp_path, inputs):
 
 def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
     raw, captions = inputs
-    shards.run(ShardParams(val_fraction=0.0), raw, captions, tmp_path / "out")
+    shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "out")
     (tar,) = (tmp_path / "out/train").glob("*.tar")
     members = dict((m.name, data) for m, data in _read(tar))
     meta = json.loads(members["uid000.json"])
@@ -100,8 +100,9 @@ def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
 
 def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
     raw, captions = inputs
-    captioned = shards.run(ShardParams(val_fraction=0.0), raw, captions, tmp_path / "a")
-    truth = shards.run(ShardParams(val_fraction=0.0, long_text="ground_truth"), raw, captions, tmp_path / "b")
+    captioned = shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "a")
+    truth = shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence", long_text="ground_truth"), raw,
+                       captions, tmp_path / "b")
     assert captioned == truth  # the same images survive: only the text differs
     (tar,) = (tmp_path / "b/train").glob("*.tar")
     members = dict((m.name, data) for m, data in _read(tar))

@@ -82,3 +82,9 @@ def test_stage_fails_before_work_on_bad_params(tmp_path, stage):
     assert "download.thread_count: expected int, got 'many'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_every_default_is_the_value_params_yaml_lists():
+    """No hidden defaults: the schema's defaults and params.yaml agree key by key, so what runs is what DVC tracks."""
+    listed = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).model_dump()
+    assert Params().model_dump() == listed
