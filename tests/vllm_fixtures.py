@@ -20,7 +20,7 @@ IMAGES_PER_SHARD = 8
 # Inherited by every server this session starts (and by stage subprocesses, which keep the parent's value).
 os.environ.setdefault("FIXCLIP_CAPTION_TEST_SESSION", f"{os.getpid()}-{uuid.uuid4().hex}")
 SESSION_MARKER = f"FIXCLIP_CAPTION_TEST_SESSION={os.environ['FIXCLIP_CAPTION_TEST_SESSION']}"
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "pink", "black"]
 
 
 def tiny_params(**overrides) -> CaptionParams:

@@ -1,26 +1,28 @@
-"""Build the tiny random-weight LLaVA captioner that the embedded default serves with vLLM.
+"""Architecture, tokenizer and file layout of the tiny toy-world LLaVA captioner that the embedded default serves.
 
-Run with the vLLM environment (its transformers is the one vLLM reads the files with):
+`train.py` (next to this file) builds the model with these functions, trains it and saves it; run on its own, this
+script writes the same architecture with *random* weights (useful to test serving without training):
 
-    .venv-vllm/bin/python assets/tiny_llava/build.py            # writes assets/tiny_llava/model/
+    .venv-vllm/bin/python assets/tiny_llava/build.py            # writes assets/tiny_llava/model/ (untrained)
 
-Offline and deterministic (seeded). Weights are random until the trained toy captioner replaces them; the
-tokenizer is a byte-level BPE trained on toy-world-like descriptions, so sampled text is made of words.
+Run with the vLLM environment (its transformers is the one vLLM reads the files with). Offline and deterministic.
 What vLLM needs of such a model (measured, see ../shared/PLATFORM.md):
-- head_dim >= 32 for CPU attention (width 64, 2 heads);
+- head_dim >= 32 for CPU attention (vision 96 wide / 3 heads, text 128 wide / 4 heads);
 - tokenizer length == text vocab size, or sampled ids decode to nothing;
 - vision tower weights under `vision_tower.vision_model.*` (transformers 5 saves them under `vision_tower.*`);
 - chat-template newlines written as {{ '\\n' }};
-- BPE trained on " " + text, so an answer's first word is one token. Its alphabet is only the corpus's characters
-  (not all 256 bytes), so nearly every token is a word or a word piece and random weights still emit words.
-Images are 64x64 toy-world scenes on a 3x3 grid: one 64 px image, 16 px patches -> 16 image tokens.
+- tokenizer trained on " " + text, so an answer's first word is one token.
+The tokenizer is a byte-level BPE trained to completion on toy captions (all styles of `pipeline.toy_captions`) and
+the prompts: every word of that vocabulary is a single token, so a 6-object caption is ~100-160 tokens.
+Images are 64x64 toy-world scenes on a 3x3 grid: 8 px patches -> 64 image tokens (8x8), so a small shape (~10 px)
+covers a few patches instead of hiding inside one large patch.
 """
 import argparse
-import itertools
 import json
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -36,12 +38,18 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from pipeline.toy_captions import PROMPTS, STYLES, describe  # noqa: E402
+
 SEED = 0
+TOKENIZER_WORLD_SEED = 10_000_001  # scenes for the tokenizer's corpus (never the pipeline's or benchmark's world)
 IMAGE_SIZE = 64
-PATCH_SIZE = 16
-WIDTH = 64
-HEADS = 2
-BPE_VOCAB = 384
+PATCH_SIZE = 8
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped ("default" feature select strategy)
+VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=3)
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -56,84 +64,60 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
-SIZES = ["small", "large"]
-FILLS = ["solid", "striped", "dotted", "outlined"]
-ROWS = ["top", "middle", "bottom"]
-COLUMNS = ["left", "centre", "right"]
-BACKGROUNDS = ["grey", "beige", "light blue"]
-PROMPTS = [
-    "Describe this image in detail.",
-    "Write a long, complete description of every object in the picture.",
-    "List each shape with its colour, size, fill and grid cell.",
-    "What does this scene contain? Be thorough.",
-]
+
+def tokenizer_corpus() -> list[str]:
+    from pipeline.toyworld import sample_scene  # toyworld needs pandas (main environment)
+    rng = random.Random(SEED)
+    corpus = []
+    for index in range(3000):
+        scene = sample_scene(TOKENIZER_WORLD_SEED, index, 3, 1, 9, True)
+        corpus.append(" " + describe(scene.to_json(), STYLES[index % len(STYLES)], seed=rng.randrange(2**31)))
+    corpus += [f"USER: <image>\n{prompt}\nASSISTANT:" for prompt in PROMPTS] * 3
+    corpus += [" 0 1 2 3 4 5 6 7 8 9 - ' \" ! ? , . : ; ( )"]
+    return corpus
 
 
-def cell_name(row: str, column: str) -> str:
-    return "centre" if (row, column) == ("middle", "centre") else f"{row} {column}"
-
-
-def toy_description(rng: random.Random) -> str:
-    """One long toy-world description: background, count, then every object with its cell."""
-    cells = rng.sample(list(itertools.product(ROWS, COLUMNS)), rng.randint(2, 5))
-    parts = [f"The image shows {len(cells)} shapes on a {rng.choice(BACKGROUNDS)} background."]
-    for row, column in cells:
-        parts.append(
-            f"In the {cell_name(row, column)} cell there is a {rng.choice(SIZES)} {rng.choice(COLOURS)} "
-            f"{rng.choice(SHAPES)} with a {rng.choice(FILLS)} fill."
-        )
-    return " ".join(parts)
-
-
-def build_tokenizer(rng: random.Random) -> PreTrainedTokenizerFast:
-    corpus = [" " + toy_description(rng) for _ in range(2000)]
-    corpus += [f"USER: \n{prompt}\nASSISTANT: {toy_description(rng)}" for prompt in PROMPTS]
-    corpus += [" 0 1 2 3 4 5 6 7 8 9 - ' \" ! ; ( )"]
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained until no pair is left: every corpus word (with its leading space) is one token."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return wrap_tokenizer(bpe)
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    """The tokenizer saved as a raw tokenizers file by build_tokenizer's caller (same ids in any environment)."""
+    return wrap_tokenizer(Tokenizer.from_file(str(path)))
+
+
+def wrap_tokenizer(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
-        model_max_length=1024,
+        model_max_length=512,
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
-    vocab = len(tokenizer)
-    vision = CLIPVisionConfig(
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        projection_dim=WIDTH,
-    )
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = SEED) -> LlavaForConditionalGeneration:
+    vision = CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=VISION["hidden_size"],
+                              **VISION)
     text = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=1024,
+        vocab_size=len(tokenizer),
+        num_key_value_heads=TEXT["num_attention_heads"],
+        max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        **TEXT,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -143,8 +127,22 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGenera
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    torch.manual_seed(SEED)
-    return LlavaForConditionalGeneration(config).eval()
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config)
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        ),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def rename_vision_keys(weights_path: Path) -> None:
@@ -157,38 +155,26 @@ def rename_vision_keys(weights_path: Path) -> None:
     save_file(renamed, weights_path, metadata={"format": "pt"})
 
 
-def build(out_dir: Path) -> None:
-    rng = random.Random(SEED)
-    tokenizer = build_tokenizer(rng)
-    model = build_model(tokenizer)
+def save(model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> dict:
+    """Write config, weights (vision keys renamed), tokenizer with chat template and processor to out_dir."""
     assert model.config.text_config.vocab_size == len(tokenizer)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        ),
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
+    model.eval().save_pretrained(out_dir)
+    build_processor(tokenizer).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     rename_vision_keys(out_dir / "model.safetensors")
     size = sum(f.stat().st_size for f in out_dir.iterdir())
-    print(json.dumps({"out": str(out_dir), "vocab": len(tokenizer), "bytes": size,
-                      "params": sum(p.numel() for p in model.parameters())}))
+    return {"out": str(out_dir), "vocab": len(tokenizer), "bytes": size,
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "model")
-    build(parser.parse_args().out)
+    out = parser.parse_args().out
+    tokenizer = build_tokenizer()
+    print(json.dumps(save(build_model(tokenizer), tokenizer, out)))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 
 from pipeline.caption.client import CaptionResult, ImageItem, caption_stream
 from pipeline.caption.filters import STATUSES
-from pipeline.params.caption import CaptionParams
-from pipeline.outputs import write_bytes, write_json
 from pipeline.caption.fleet import VllmFleet
+from pipeline.caption.quality import caption_quality
+from pipeline.outputs import write_bytes, write_json
+from pipeline.params.caption import CaptionParams
 
 FINGERPRINT_FILE = "_fingerprint.json"
 FULL_HASH_MAX_BYTES = 64 << 20
@@ -175,5 +176,8 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "images_per_s": round(captioned / seconds, 3) if captioned else 0.0,
         "tokens_per_s": round(stats["tokens"] / seconds, 3) if captioned else 0.0,
     }
+    quality = caption_quality(raw_dir, out_dir, list(tars))
+    if quality is not None:
+        metrics["quality"] = quality
     write_json(metrics_path, metrics)
     return metrics

@@ -4,15 +4,8 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.params.section import Section
+from pipeline.toy_captions import PROMPTS as TOY_CAPTIONER_PROMPTS  # the prompts the default captioner learned
 
-DEFAULT_PROMPTS = [
-    "Describe this image in detail.",
-    "Write a long, complete description of every object in the picture, including colour, size and position.",
-    "List each shape in the image with its colour, size, fill and grid cell.",
-    "What does this scene contain? Be thorough and mention the background.",
-    "Give a detailed caption of this image, going through it row by row from top to bottom.",
-    "Describe the layout of the image: which objects are where, and how they look.",
-]
 DEFAULT_REFUSALS = [
     r"^\s*(i'?m sorry|i am sorry|sorry,)",
     r"\bi (cannot|can't|am unable to|'m unable to) (help|describe|assist|see)",
@@ -39,7 +32,7 @@ class Sampling(Section):
 
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(96, gt=0)
+    max_tokens: int = Field(160, gt=0)
     seed: int = 0
 
 
@@ -49,7 +42,7 @@ class Filters(Section):
     min_words: int = Field(8, ge=0)
     max_repetition: float = Field(0.5, ge=0, le=1)
     repetition_ngram: int = Field(3, ge=1)
-    keep_truncated: bool = True
+    keep_truncated: bool = False
     refusal_patterns: list[str] = DEFAULT_REFUSALS
 
     @field_validator("refusal_patterns")
@@ -81,7 +74,7 @@ class CaptionParams(Section):
     retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
-    prompts: list[str] = Field(DEFAULT_PROMPTS, min_length=1)
+    prompts: list[str] = Field(list(TOY_CAPTIONER_PROMPTS), min_length=1)
     sampling: Sampling = Sampling()
     filters: Filters = Filters()
     retry_rejected_with_other_prompt: bool = True
