@@ -24,7 +24,7 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "pink", "black"
 
 
 def tiny_params(**overrides) -> CaptionParams:
-    """Caption params for tests: the tiny LLaVA, absolute paths, short answers, quick retries."""
+    """Caption params for tests: the tiny LLaVA, absolute paths, short (kept) answers, quick retries."""
     values = {
         "model": str(TINY_LLAVA),
         "python": str(VLLM_PYTHON),
@@ -34,7 +34,7 @@ def tiny_params(**overrides) -> CaptionParams:
         "backoff_s": 0.2,
         "request_timeout_s": 60,
         "sampling": Sampling(max_tokens=32),
-        "filters": Filters(min_words=3),
+        "filters": Filters(min_words=3, keep_truncated=True),  # short answers are cut at max_tokens: keep them
     }
     return CaptionParams(**(values | overrides))
 

@@ -1,9 +1,12 @@
 """Checkpoints: a SIGKILLed run resumes to the same weights, writes are atomic, NaN never reaches a checkpoint."""
 import csv
+import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -70,6 +73,24 @@ def test_rerun_after_params_change_starts_afresh(tmp_path, train_dir):
     metrics = train(*tiny_run(tmp_path, train_dir, samples=48, lr=1e-4))
     assert metrics["resumed_from_step"] == 0
     assert train(*tiny_run(tmp_path, train_dir, samples=48, lr=1e-4))["resumed_from_step"] == 3
+
+
+def test_rerun_on_other_data_of_the_same_size_starts_afresh(tmp_path, train_dir):
+    """Same params, same shard names and sample counts, other texts (e.g. shard.long_text: ground_truth): a checkpoint
+    of the first data must not be resumed on the second."""
+    data = tmp_path / "data"
+    shutil.copytree(train_dir, data)
+    train(*tiny_run(tmp_path, data, samples=48))
+    assert ckpt.saved_steps(tmp_path / "checkpoints") == [3]
+    for tar_path in sorted(data.glob("*.tar")):
+        with tarfile.open(tar_path) as archive:
+            members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+        with tarfile.open(tar_path, "w") as archive:
+            for member, payload in members:
+                payload = payload.upper() if member.name.endswith("long.txt") else payload
+                member.size = len(payload)
+                archive.addfile(member, io.BytesIO(payload))
+    assert train(*tiny_run(tmp_path, data, samples=48))["resumed_from_step"] == 0
 
 
 def test_exported_model_rebuilds(tmp_path, train_dir):
