@@ -87,7 +87,7 @@ class TrainConfig(StrictConfig):
         """Identifies the trajectory: a checkpoint is resumed only by a run with the same fingerprint."""
         values = self.model_dump(exclude=set(_NOT_IN_FINGERPRINT))
         values.update(world_size=world_size, shards=shard_counts,
-                      base_weights_sha256=_sha256(self.base_model.weights))
+                      base_weights_sha256=file_sha256(self.base_model.weights))
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,7 +101,8 @@ class RunDirs:
     progress: bool = True
 
 
-def _sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (base weights, shards: what a resumed run must share with its checkpoints)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

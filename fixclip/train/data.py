@@ -13,7 +13,6 @@ one chunk of every worker of the rank. Hence:
 A "pass" is per stream: streams of unequal size cycle independently, so an
 epoch is a sample count (as with open_clip's resampled shards), not an exact pass over the data.
 """
-import hashlib
 import itertools
 import random
 import tarfile
@@ -42,15 +41,6 @@ def shard_list(shards: str | Path | list[str]) -> list[str]:
             raise FileNotFoundError(f"{shards}: no .tar shards in this folder")
         return found
     return wds.shardlists.expand_urls(str(shards))
-
-
-def shard_digest(shard: str) -> str:
-    """sha256 of a shard's bytes: the resume fingerprint's evidence that the data is the same, not just as many."""
-    digest = hashlib.sha256()
-    with open(shard, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_samples(shard: str) -> int:

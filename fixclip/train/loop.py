@@ -19,8 +19,8 @@ from ..loss import FixClipLoss
 from ..model import FixClip
 from . import checkpoints as ckpt
 from . import distributed
-from .config import RunDirs, TrainConfig
-from .data import StreamLayout, TrainStream, count_samples, micro_batches, shard_digest, shard_list
+from .config import RunDirs, TrainConfig, file_sha256
+from .data import StreamLayout, TrainStream, count_samples, micro_batches, shard_list
 from ..model_folder import save_model_folder
 from .log import TrainLog
 from .optim import adamw, clamp_logit_scale, cosine_lr, reset_logit_scale, set_lr
@@ -92,7 +92,8 @@ class _Run:
         self.total_steps = _total_steps(cfg, sum(counts), self.samples_per_step)
         # Content, not only names and counts: the same params on other data (a ground-truth control, recaptioned
         # shards) must not resume this run's checkpoints.
-        self.fingerprint = cfg.fingerprint(ranks.world_size, {s: [n, shard_digest(s)] for s, n in zip(shards, counts)})
+        shard_ids = {shard: [count, file_sha256(shard)] for shard, count in zip(shards, counts)}
+        self.fingerprint = cfg.fingerprint(ranks.world_size, shard_ids)
         self.step, self.skipped_steps = 0, 0
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
