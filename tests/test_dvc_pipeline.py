@@ -112,8 +112,8 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
 
     assert rerun("evaluate.batch_size=8") == {"evaluate"}
     assert rerun("train.fixclip.regional_prompts=false") == {"train", "evaluate"}
-    assert rerun("shard.short_text=alt_text") == {"shard", "train", "evaluate"}
-    assert rerun("caption.sampling.max_tokens=150") == {"caption", "shard", "train", "evaluate"}
+    assert rerun("shard.short_text=first_sentence") == {"shard", "train", "evaluate"}
+    assert rerun("caption.sampling.seed=1") == {"caption", "shard", "train", "evaluate"}  # other samples: new text
     assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
