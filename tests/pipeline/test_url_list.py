@@ -53,10 +53,10 @@ def test_normalise_counts_every_row(tmp_path, fmt):
 def test_max_samples_is_seeded_and_keeps_order(tmp_path):
     path = tmp_path / "many.csv"
     pd.DataFrame({"url": [f"https://example.org/{i}.jpg" for i in range(100)]}).to_csv(path, index=False)
-    params = UrlListParams(path=str(path), max_samples=10, seed=3)
+    params = UrlListParams(path=str(path), caption_col=None, max_samples=10, seed=3)
     first, counts = normalise(params)
     again, _ = normalise(params)
-    other, _ = normalise(UrlListParams(path=str(path), max_samples=10, seed=4))
+    other, _ = normalise(UrlListParams(path=str(path), caption_col=None, max_samples=10, seed=4))
     assert list(first["url"]) == list(again["url"]) != list(other["url"])
     numbers = [int(url.rsplit("/", 1)[1].removesuffix(".jpg")) for url in first["url"]]
     assert numbers == sorted(numbers)  # the list's own order survives sampling
@@ -66,4 +66,4 @@ def test_max_samples_is_seeded_and_keeps_order(tmp_path):
 def test_missing_column_names_the_key(tmp_path):
     path = _write(tmp_path, "csv")
     with pytest.raises(ParamsError, match=r"source.url_list: column\(s\) \['url'\] not in"):
-        normalise(UrlListParams(path=str(path)))
+        normalise(UrlListParams(path=str(path), caption_col=None))
