@@ -1,8 +1,10 @@
-"""Base class for every params section: unknown keys are errors and values keep their YAML type (strict)."""
-from pydantic import BaseModel, ConfigDict
+"""Base class for every params section: unknown keys are errors and values keep their YAML type (strict).
+
+The policy is the one of the `train:` section, which the training library defines (`fixclip.config.StrictConfig`),
+so every section of params.yaml validates alike.
+"""
+from fixclip.config import StrictConfig
 
 
-class Section(BaseModel):
+class Section(StrictConfig):
     """A params.yaml section or sub-section. Strict: `'8'` is not an int, an unknown key is an error."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
