@@ -93,7 +93,9 @@ class FixClip(nn.Module):
         return long_tokenizer(self.context_length)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features, _ = self._image_tower(self._image_embed(image), collect=False)
+        """Image features of the backbone alone: regional prompts, like the mask embedding and the HFA heads, act in
+        training only, so inference (and an exported model) is a plain open_clip image tower."""
+        features, _ = self._image_tower(self._image_embed(image), collect=False, prompts=False)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -149,8 +151,9 @@ class FixClip(nn.Module):
         patch_mask = random_patch_mask(embedded.shape[0], self.num_patches, self.cfg.mask_ratio, self.mask_generator)
         return self.mask_embedding(embedded, patch_mask.to(embedded.device))
 
-    def _image_tower(self, embedded: torch.Tensor, collect: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Run ln_pre, the blocks (with regional prompts from layer l on) and the pooling head.
+    def _image_tower(self, embedded: torch.Tensor, collect: bool,
+                     prompts: bool = True) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run ln_pre, the blocks (with regional prompts from layer l on, if ``prompts``) and the pooling head.
 
         Returns the projected image features and, if ``collect``, the CLS token after every layer."""
         visual = self.clip.visual
@@ -160,7 +163,7 @@ class FixClip(nn.Module):
         layer_cls = []
         for i, block in enumerate(visual.transformer.resblocks):
             attn_mask = None
-            if self.prompts is not None and i >= first_prompt_layer:
+            if prompts and self.prompts is not None and i >= first_prompt_layer:
                 x = self.prompts.insert(x, i - first_prompt_layer, keep)
                 attn_mask = self.prompt_attn_mask
             x = block(x, attn_mask=attn_mask)

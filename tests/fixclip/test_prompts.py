@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fixclip.config import FixClipConfig
 from fixclip.model import FixClip
@@ -34,6 +35,12 @@ def test_attention_mask_matches_rule_by_enumeration(n, m):
             assert mask[q, k].item() == expected, (q, k)
 
 
+def _train_image_features(model: FixClip, images: torch.Tensor) -> torch.Tensor:
+    """The raw-branch image features of the training forward, where regional prompts act."""
+    tokens = batch(images.shape[0])[2]  # 77-token captions: these models have no stretch
+    return model(images, tokens, tokens)["image_features"]
+
+
 def _prompt_model(start_layer=3, seed=0):
     cfg = FixClipConfig.plain().with_(regional_prompts=True, num_prompts=8, prompt_start_layer=start_layer)
     torch.manual_seed(seed)
@@ -49,7 +56,7 @@ def test_prompts_enter_from_layer_l_and_leave_output_shape():
              for b in model.clip.visual.transformer.resblocks]
     images = batch(2)[0]
     with torch.no_grad():
-        features = model.encode_image(images)
+        features = _train_image_features(model, images)
     for h in hooks:
         h.remove()
     assert lengths == [65, 65, 73, 73]
@@ -63,9 +70,9 @@ def test_patches_do_not_see_prompts_but_cls_does():
     model.clip.visual.ln_post.register_forward_hook(lambda mod, args, out: final_tokens.append(out))
     images = batch(2)[0]
     with torch.no_grad():
-        model.encode_image(images)
+        _train_image_features(model, images)
         model.prompts.tokens.normal_()
-        model.encode_image(images)
+        _train_image_features(model, images)
     before, after = final_tokens
     assert before.shape[1] == 65  # prompts dropped before the output head
     assert torch.equal(before[:, 1:], after[:, 1:])
@@ -75,7 +82,7 @@ def test_patches_do_not_see_prompts_but_cls_does():
 def test_zero_prompts_receive_gradient():
     model = _prompt_model(start_layer=2).train()
     images = batch(2)[0]
-    model.encode_image(images).pow(2).sum().backward()
+    _train_image_features(model, images).pow(2).sum().backward()
     grad = model.prompts.tokens.grad
     assert torch.isfinite(grad).all() and grad.abs().sum(dim=(1, 2)).min() > 0  # every layer's prompts
 
@@ -91,8 +98,20 @@ def test_prompt_region_rows_reach_the_output():
     images = batch(2)[0]
     with torch.no_grad():
         model.prompts.tokens.normal_()
-        regional = model.encode_image(images)
+        regional = _train_image_features(model, images)
         n = model.num_patches
         model.prompt_attn_mask[1 + n:, :] = 0.0  # prompts may now see everything
-        open_rows = model.encode_image(images)
+        open_rows = _train_image_features(model, images)
     assert not torch.allclose(regional, open_rows)
+
+
+def test_inference_image_features_are_the_backbone_alone():
+    """encode_image (evaluation, export) runs the open_clip image tower without the prompts: trained prompt values
+    change the training features but not the inference ones, which equal the wrapped CLIP's."""
+    model = _prompt_model(start_layer=2)
+    images = batch(2)[0]
+    with torch.no_grad():
+        model.prompts.tokens.normal_()
+        backbone = model.clip.encode_image(images)
+        assert not torch.allclose(_train_image_features(model, images), F.normalize(backbone, dim=-1))
+        torch.testing.assert_close(model.encode_image(images), backbone)
