@@ -15,9 +15,14 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test envs ablation
+.PHONY: repro report test envs ablation
 repro: envs
 	dvc repro
+	python -m pipeline.report
+
+# One line per stage and the evaluation table, from metrics/*.json (other views: README "Reading a run").
+report:
+	python -m pipeline.report
 
 # The README's ablation table: each row is one `dvc exp run` (train + evaluate rerun, the data is cached). Every run
 # sets all switches and the seed, so rows do not inherit each other's params; the last run restores the default.

@@ -18,12 +18,15 @@ Module switches and hyper-parameters (M, l, G, K, w_i, ratio, ...)      config.F
 Training (loop, data stream, checkpoints, DDP, export)                  train/
 Evaluation (retrieval, zero-shot, benchmark adapters)                   eval/
 The model (open_clip-compatible encode_image / encode_text)             model.FixClip
+Use without DVC: fixclip.load(folder) -> model, preprocess, tokenizer   inference.load; CLI: python -m fixclip
+Exports for open_clip and transformers, verified against our embeddings export/
 Base CLIP from a config + local weights file (no hub)                   base_model.load_clip, build_clip
 """
 import importlib
 
 # Resolved on first use, so that validating params (fixclip.config) does not import torch and open_clip.
-_EXPORTS = {"FixClip": "model", "FixClipConfig": "config", "FixClipLoss": "loss", "info_nce": "loss"}
+_EXPORTS = {"FixClip": "model", "FixClipConfig": "config", "FixClipLoss": "loss", "info_nce": "loss",
+            "load": "inference"}
 __all__ = list(_EXPORTS)
 
 

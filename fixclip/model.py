@@ -210,6 +210,10 @@ class FixClip(nn.Module):
             return torch.full((text.shape[0],), text.shape[1] - 1, dtype=torch.long, device=text.device)
         raise ValueError(f"FixClip does not support text pool_type {pool_type!r}")
 
+    def text_position_table(self) -> torch.Tensor:
+        """The whole [context_length, width] text positional table (stretched, if the stretch is on)."""
+        return self._text_positions(self.context_length)
+
     def _text_positions(self, length: int) -> torch.Tensor:
         if self.text_positions is not None:
             return self.text_positions(length)

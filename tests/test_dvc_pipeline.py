@@ -16,7 +16,7 @@ VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
 # One library file per stage, plus files shared by several stages.
 CODE_EDITS = ("pipeline/url_list.py", "pipeline/download.py", "pipeline/caption/client.py", "pipeline/shards.py",
               "fixclip/loss.py", "fixclip/eval/metrics.py", "pipeline/toyworld.py", "fixclip/model.py",
-              "pipeline/outputs.py")
+              "pipeline/outputs.py", "fixclip/export/hf_folder.py")
 
 
 def _commit(root, message):
@@ -72,7 +72,7 @@ def _processes_in(root) -> list[int]:
 def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download", "caption", "shard", "train", "evaluate"}
+    assert _ran(first.stdout) == {"source", "download", "caption", "shard", "train", "evaluate", "export"}
     assert not _processes_in(repo_copy)  # no server left behind
     download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
     assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())
@@ -85,6 +85,10 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     evaluation = _metrics(repo_copy, "eval")
     assert set(evaluation) == {"toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"}
     assert all(set(per_model) == {"base", "trained"} for per_model in evaluation.values())
+    exported = _metrics(repo_copy, "export")
+    assert all(exported[f]["max_abs_difference"] <= exported["atol"] for f in ("open_clip", "transformers"))
+    hf_config = json.loads((repo_copy / "models/export/transformers/config.json").read_text())
+    assert hf_config["text_config"]["max_position_embeddings"] == 248
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
     _commit(repo_copy, "run")
@@ -111,10 +115,12 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
         return _ran(run(["dvc", "exp", "run", "-S", change], repo_copy).stdout)
 
     assert rerun("evaluate.batch_size=8") == {"evaluate"}
-    assert rerun("train.fixclip.regional_prompts=false") == {"train", "evaluate"}
-    assert rerun("shard.short_text=first_sentence") == {"shard", "train", "evaluate"}
-    assert rerun("caption.sampling.seed=1") == {"caption", "shard", "train", "evaluate"}  # other samples: new text
-    assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate"}
+    assert rerun("export.atol=0.0001") == {"export"}
+    assert rerun("train.fixclip.regional_prompts=false") == {"train", "evaluate", "export"}
+    assert rerun("shard.short_text=first_sentence") == {"shard", "train", "evaluate", "export"}
+    # other samples: new text
+    assert rerun("caption.sampling.seed=1") == {"caption", "shard", "train", "evaluate", "export"}
+    assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate", "export"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     assert shown[""]["data"]["metrics/download.json"]["data"]["success"] == 40

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pipeline.params.caption import CaptionParams
 from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.export import ExportParams
 from pipeline.params.section import Section
 from pipeline.params.shard import ShardParams
 from pipeline.params.source import SourceParams
@@ -29,6 +30,7 @@ class Params(Section):
     shard: ShardParams = ShardParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
 
 
 class ParamsError(ValueError):

@@ -1,0 +1,119 @@
+"""A readable summary of a run: one line per stage in DAG order, then the evaluation as a Markdown table.
+
+    python -m pipeline.report [--metrics-dir metrics]
+
+Reads the plain metrics/*.json files and never calls dvc, so it is fast and works on a copied folder.
+DVC's own commands give the other views:
+    dvc metrics show --md metrics/eval.json   every evaluation number (R@5/10, top-5, sizes, seconds) as Markdown
+    dvc metrics diff [rev]                    each metric against the last commit (or rev), with the change
+    dvc exp show --only-changed               experiments side by side, only the params and metrics that differ
+    dvc plots show                            the training curves and the base-vs-trained bars, as HTML
+"""
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.caption.filters import STATUSES
+
+CAPTION_FAILURES = [status for status in STATUSES if status != "ok"]
+EVAL_COLUMNS = {"I2T R@1": "i2t_R@1", "T2I R@1": "t2i_R@1", "top-1": "top1"}
+INDENT = " " * 11  # under the text after the stage name
+
+
+def named_counts(label: str, counts: dict) -> str:
+    """`label: a 3, b 1` for the non-zero counts, `label: none` when all are zero."""
+    named = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    return f"{label}: {named or 'none'}"
+
+
+def drops(metrics: dict) -> dict:
+    """The `dropped_<reason>` counts, keyed by reason."""
+    return {key.removeprefix("dropped_"): n for key, n in metrics.items() if key.startswith("dropped_")}
+
+
+def source_line(m: dict) -> str:
+    return f"{m['urls']}/{m['rows']} rows kept as urls ({m['kind']})  {named_counts('dropped', drops(m))}"
+
+
+def download_line(m: dict) -> str:
+    return (f"{m['success']}/{m['urls']} images ok  {m['images_per_s']:.1f} img/s  {m['seconds']:.0f} s  "
+            f"{named_counts('failures', m['failures'])}")
+
+
+def caption_line(m: dict) -> str:
+    """The counts line, plus a second line with the captioner's accuracy per attribute when scored (toy world)."""
+    failures = named_counts("failures", {status: m[status] for status in CAPTION_FAILURES})
+    line = (f"{m['ok']}/{m['images']} captions ok  {m['images_per_s']:.1f} img/s  {m['tokens_per_s']:.0f} tok/s  "
+            f"{m['seconds']:.0f} s  {failures}")
+    if "quality" not in m:
+        return line
+    quality = {name: score for name, score in m["quality"].items() if name != "captions"}
+    scores = ", ".join(f"{name} {score:.2f}" for name, score in quality.items())
+    return f"{line}\n{INDENT}quality ({m['quality']['captions']} captions): {scores}"
+
+
+def shard_line(m: dict) -> str:
+    return (f"{m['train']} train + {m['val']} val of {m['raw_images']} images  "
+            f"{m['train_shards']} + {m['val_shards']} shards  {named_counts('dropped', drops(m))}")
+
+
+def train_line(m: dict) -> str:
+    return (f"{m['steps']} steps x {m['samples_per_step']} = {m['samples']} samples  "
+            f"{m['samples_per_s']:.1f} samples/s  final loss {m.get('final_loss', float('nan')):.3f}  "
+            f"{named_counts('failures', {'skipped_steps': m['skipped_steps']})}")
+
+
+def evaluate_line(m: dict) -> str:
+    models = sorted({model for scores in m.values() for model in scores})
+    seconds = sum(entry["seconds"] for scores in m.values() for entry in scores.values())
+    return f"{len(m)} benchmarks x {len(models)} models ({', '.join(models)})  {seconds:.1f} s"
+
+
+def export_line(m: dict) -> str:
+    """Each format's size and how far its embeddings are from ours (the stage refuses anything over atol)."""
+    formats = [f"{name} {m[name]['bytes'] / 1e6:.1f} MB max|diff| {m[name]['max_abs_difference']:.0e}"
+               for name in m if name != "atol"]
+    return f"{', '.join(formats)}  (atol {m['atol']:.0e})"
+
+
+STAGES = {"source": ("source.json", source_line), "download": ("download.json", download_line),
+          "caption": ("caption.json", caption_line), "shard": ("shard.json", shard_line),
+          "train": ("train.json", train_line), "evaluate": ("eval.json", evaluate_line),
+          "export": ("export.json", export_line)}
+
+
+def eval_table(results: dict) -> list[str]:
+    """Markdown rows benchmark x model; a cell stays empty where its metric does not apply."""
+    lines = [f"| benchmark | model | {' | '.join(EVAL_COLUMNS)} |", "|---|---|" + "---|" * len(EVAL_COLUMNS)]
+    for benchmark, models in results.items():
+        for model, scores in models.items():
+            cells = [f"{scores[key]:.1f}" if key in scores else "" for key in EVAL_COLUMNS.values()]
+            lines.append(f"| {benchmark} | {model} | {' | '.join(cells)} |")
+    return lines
+
+
+def report(metrics_dir: Path) -> str:
+    """The stage lines, then the evaluation table if the evaluate stage has run."""
+    lines, results = [], None
+    for stage, (filename, describe) in STAGES.items():
+        path = Path(metrics_dir) / filename
+        if not path.is_file():
+            lines.append(f"{stage}: not run yet")
+            continue
+        metrics = json.loads(path.read_text())
+        lines.append(f"{stage:<10} {describe(metrics)}")
+        if stage == "evaluate":
+            results = metrics
+    if results:
+        lines += ["", *eval_table(results)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
+    print(report(parser.parse_args().metrics_dir))
+
+
+if __name__ == "__main__":
+    main()
