@@ -1,9 +1,10 @@
-"""Switches and hyper-parameters of the FIX-CLIP modules: the `train.fixclip` section of params.yaml, defined once.
+"""Switches and hyper-parameters of the methods: the `train.fixclip`, `train.longclip` and `train.holistic` sections
+of params.yaml, defined once (torch-free, so that validating params stays fast).
 
 A strict pydantic model (unknown keys and mistyped values are errors naming the key); the checks that need the
 backbone (e.g. num_prompts must divide its patch count) run in ``check_fits`` when the model is built.
 """
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -92,3 +93,21 @@ class FixClipConfig(StrictConfig):
         if not self.stretch:
             return base_context
         return self.stretch_keep + self.stretch_ratio * (base_context - self.stretch_keep)
+
+
+class LongClipConfig(StrictConfig):
+    """The ``train.longclip`` section. The stretch keys (keep, ratio, padding trim) are read from the ``fixclip``
+    section, so all methods share one text tower set-up."""
+
+    pca_components: int = Field(32, ge=1)  # k; no reduction at all once k >= (per-rank batch) - 1
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class HolisticConfig(StrictConfig):
+    """The ``train.holistic`` section. The stretch keys are read from the ``fixclip`` section."""
+
+    num_branches: int = Field(3, ge=1)  # K_img: class tokens, hence embeddings per image (the repo's default 3)
+    captions_per_image: int = Field(3, ge=1)  # K_txt: prompts, hence captions per image
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # the public loss uses none
+    # Hinge on the mean cosine between different branches of an image; null switches it off.
+    branch_similarity_margin: Optional[float] = Field(0.7, ge=-1.0, le=1.0)

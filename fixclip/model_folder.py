@@ -3,7 +3,8 @@ wrapped with every module off).
 
 A model folder is either
 - a trained model: ``fixclip.json`` (FixClipConfig fields), ``model.json`` (the base open_clip config; optional:
-  the fallback base config rebuilds the architecture without it) and ``weights.pt``, a ``FixClip`` state_dict
+  the fallback base config rebuilds the architecture without it), for a method other than FIX-CLIP ``method.json``
+  (its name and its params section, see ``fixclip.methods``) and ``weights.pt``, the model's state_dict
   (bare, or under "state_dict" / "model"; DDP's "module." prefix is dropped), loaded strictly with
   ``weights_only=True``; or
 - a base CLIP as in ``assets/base_clip``: ``model.json`` and ``weights.pt`` (an open_clip state_dict), no
@@ -16,10 +17,13 @@ from pathlib import Path
 import torch
 
 from .base_model import ModelRef, build_clip, load_clip, resolve_model_config
-from .config import FixClipConfig
+from .config import FixClipConfig, HolisticConfig, LongClipConfig
+from .holistic import HolisticClip
+from .longclip import LongClip
+from .methods import build_model
 from .model import FixClip
 
-FIXCLIP_CONFIG, MODEL_CONFIG, WEIGHTS = "fixclip.json", "model.json", "weights.pt"
+FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "method.json", "weights.pt"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -53,7 +57,31 @@ def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_CONFIG).write_text(json.dumps(resolve_model_config(base_model), indent=2) + "\n")
     (out / FIXCLIP_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
+    method = _method_of(model)
+    if method is not None:
+        (out / METHOD).write_text(json.dumps(method, indent=2) + "\n")
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
+
+
+def _method_of(model: FixClip) -> dict | None:
+    """{"method": name, "params": its section} for Long-CLIP and Holistic CLIP models; None for FIX-CLIP."""
+    if isinstance(model, LongClip):
+        return {"method": "longclip", "params": model.longclip_cfg.model_dump()}
+    if isinstance(model, HolisticClip):
+        return {"method": "holistic", "params": model.holistic_cfg.model_dump()}
+    return None
+
+
+def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:
+    """The model of the method that the folder's method.json names (FIX-CLIP without one) around ``clip``."""
+    method, sections = "fixclip", {"longclip": LongClipConfig(), "holistic": HolisticConfig()}
+    if (folder / METHOD).is_file():
+        saved = json.loads((folder / METHOD).read_text())
+        method = saved["method"]
+        if method not in sections:
+            raise ValueError(f"{folder / METHOD}: unknown method {method!r}")
+        sections[method] = type(sections[method]).model_validate(saved["params"])
+    return build_model(method, clip, cfg, sections["longclip"], sections["holistic"])
 
 
 def load_base(config: ModelRef, weights: str | Path) -> FixClip:
@@ -77,7 +105,7 @@ def load_model_folder(folder: str | Path, base_config: ModelRef | None = None) -
     model_config = folder / MODEL_CONFIG
     if (folder / FIXCLIP_CONFIG).is_file():
         cfg = FixClipConfig.model_validate_json((folder / FIXCLIP_CONFIG).read_text())
-        model = FixClip(build_clip(model_config if model_config.is_file() else base_config), cfg)
+        model = _build(folder, build_clip(model_config if model_config.is_file() else base_config), cfg)
         model.load_state_dict(_state_dict(folder / WEIGHTS), strict=True)
         return model.eval()
     if model_config.is_file():

@@ -40,10 +40,18 @@ def download_line(m: dict) -> str:
             f"{named_counts('failures', m['failures'])}")
 
 
+def caption_counts(m: dict) -> str:
+    """`ok/captions captions ok`, with `(K per image)` when there are several; metrics from before K existed have
+    one caption per image."""
+    per_image = m.get("captions_per_image", 1)
+    counts = f"{m['ok']}/{m.get('captions', m['images'])} captions ok"
+    return f"{counts} ({per_image} per image)" if per_image > 1 else counts
+
+
 def caption_line(m: dict) -> str:
     """The counts line, plus a second line with the captioner's accuracy per attribute when scored (toy world)."""
     failures = named_counts("failures", {status: m[status] for status in CAPTION_FAILURES})
-    line = (f"{m['ok']}/{m['images']} captions ok  {m['images_per_s']:.1f} img/s  {m['tokens_per_s']:.0f} tok/s  "
+    line = (f"{caption_counts(m)}  {m['images_per_s']:.1f} img/s  {m['tokens_per_s']:.0f} tok/s  "
             f"{m['seconds']:.0f} s  {failures}")
     if "quality" not in m:
         return line
@@ -71,7 +79,8 @@ def evaluate_line(m: dict) -> str:
 
 def export_line(m: dict) -> str:
     """Each format's size and how far its embeddings are from ours (the stage refuses anything over atol)."""
-    formats = [f"{name} {m[name]['bytes'] / 1e6:.1f} MB max|diff| {m[name]['max_abs_difference']:.0e}"
+    formats = [f"{name} not exported ({m[name]['not_exported']})" if "not_exported" in m[name] else
+               f"{name} {m[name]['bytes'] / 1e6:.1f} MB max|diff| {m[name]['max_abs_difference']:.0e}"
                for name in m if name != "atol"]
     return f"{', '.join(formats)}  (atol {m['atol']:.0e})"
 

@@ -1,7 +1,8 @@
 """DVC stage `caption`: data/raw -> data/captions/<shard>.parquet + metrics/caption.json.
 
-Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`), captions every image with a prompt drawn
-per image from `caption.prompts`, filters the captions, and resumes shard by shard after a crash.
+Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`), writes `caption.captions_per_image`
+captions per image from as many distinct `caption.prompts` (chosen by the image key), filters the captions, and
+resumes shard by shard after a crash.
 """
 from pathlib import Path
 
@@ -17,7 +18,8 @@ SERVER_LOGS = Path("logs/caption")
 def main() -> None:
     params = load_params().caption
     metrics = caption_run.run(params, RAW, CAPTIONS, METRICS, SERVER_LOGS)
-    print(f"caption: {metrics['ok']}/{metrics['images']} captions kept, {metrics['images_per_s']} images/s")
+    print(f"caption: {metrics['ok']}/{metrics['captions']} captions kept ({metrics['captions_per_image']} per "
+          f"image), {metrics['images_per_s']} images/s")
 
 
 if __name__ == "__main__":

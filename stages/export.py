@@ -1,20 +1,25 @@
 """DVC stage `export`: models/fixclip -> models/export/open_clip + models/export/transformers + metrics/export.json.
 
 Each export is loaded back by its own library and must embed probe images and texts (up to 248 tokens) like our
-model within `export.atol`, or the stage fails and writes nothing for it.
+model within `export.atol`, or the stage fails and writes nothing for it. A model the format cannot express (e.g.
+Holistic CLIP's multi-branch image tower) is not exported: its folder holds only NOT_EXPORTED.txt with the reason,
+which metrics/export.json repeats, and the other methods' pipeline runs on.
 """
+import shutil
 import time
 from pathlib import Path
 
+from fixclip.export.folded import NotExpressible
 from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.model_folder import MODEL_CONFIG, load_model_folder
-from pipeline.outputs import write_json
+from pipeline.outputs import write_bytes, write_json
 from pipeline.params import ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
 
 OUT = Path("models/export")
 METRICS = Path("metrics/export.json")
+NOT_EXPORTED = "NOT_EXPORTED.txt"
 EXPORTERS = {"open_clip": export_open_clip, "transformers": export_transformers}
 
 
@@ -31,7 +36,14 @@ def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS) -> 
     metrics = {"atol": params.atol}
     for name, export in EXPORTERS.items():
         start = time.perf_counter()
-        difference = export(model, config, out / name, params.atol)
+        try:
+            difference = export(model, config, out / name, params.atol)
+        except NotExpressible as exc:
+            shutil.rmtree(out / name, ignore_errors=True)
+            write_bytes(out / name / NOT_EXPORTED, f"{exc}\n".encode())
+            metrics[name] = {"not_exported": str(exc)}
+            print(f"export: {name}: not exported: {exc}")
+            continue
         metrics[name] = {"max_abs_difference": difference, "bytes": folder_bytes(out / name),
                          "seconds": round(time.perf_counter() - start, 3)}
         print(f"export: {out / name}: max |difference| {difference:.1e} (atol {params.atol:.0e})")

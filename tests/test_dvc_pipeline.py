@@ -122,6 +122,16 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     assert rerun("caption.sampling.seed=1") == {"caption", "shard", "train", "evaluate", "export"}
     assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate", "export"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
+
+    # The other two methods, one param apart, end to end (holistic reads 3 captions per image from 3 prompts).
+    assert rerun("train.method=longclip") == {"train", "evaluate", "export"}
+    holistic = run(["dvc", "exp", "run", "-S", "train.method=holistic", "-S", "caption.captions_per_image=3"],
+                   repo_copy)
+    assert _ran(holistic.stdout) == {"caption", "shard", "train", "evaluate", "export"}
+    caption = _metrics(repo_copy, "caption")
+    assert caption["captions"] == 3 * caption["images"] == 3 * _metrics(repo_copy, "shard")["raw_images"]
+    assert set(_metrics(repo_copy, "eval")["toy_long"]) == {"base", "trained"}
+    assert "HolisticClip" in _metrics(repo_copy, "export")["transformers"]["not_exported"]
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
     assert shown[""]["data"]["metrics/download.json"]["data"]["success"] == 40
     assert not _processes_in(repo_copy)

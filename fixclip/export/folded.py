@@ -6,7 +6,11 @@ from ..model import FixClip
 
 
 class ExportError(ValueError):
-    """The model cannot be written in the requested format without embedding differently."""
+    """The export failed: what was written would embed differently from our model."""
+
+
+class NotExpressible(ExportError):
+    """The format cannot express the model (found before anything is written), e.g. a multi-branch image tower."""
 
 
 def check_plain_inference(model: FixClip) -> None:
@@ -14,7 +18,7 @@ def check_plain_inference(model: FixClip) -> None:
     multi-branch image tower) cannot be exported faithfully."""
     for name in ("encode_image", "encode_text"):
         if getattr(type(model), name) is not getattr(FixClip, name):
-            raise ExportError(f"{type(model).__name__}.{name} is not the open_clip backbone's, so no open_clip or "
+            raise NotExpressible(f"{type(model).__name__}.{name} is not the open_clip backbone's, so no open_clip or "
                               "transformers model can reproduce its embeddings")
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from ..model import FixClip
-from .folded import ExportError, folded_clip
+from .folded import NotExpressible, folded_clip
 from .openclip_folder import preprocess_config
 from .verify import PROBE_TEXTS, max_difference, our_embeddings, probe_images, write_verified
 
@@ -32,14 +32,14 @@ def _activation(blocks) -> str:
         return "quick_gelu"
     if acts == {nn.GELU} and all(block.mlp.gelu.approximate == "none" for block in blocks):
         return "gelu"
-    raise ExportError(f"transformers' CLIP has no activation matching {sorted(a.__name__ for a in acts)}")
+    raise NotExpressible(f"transformers' CLIP has no activation matching {sorted(a.__name__ for a in acts)}")
 
 
 def check_expressible(clip: nn.Module) -> None:
-    """Raise ExportError naming what transformers' ``CLIPModel`` cannot express."""
+    """Raise NotExpressible naming what transformers' ``CLIPModel`` cannot express."""
     def require(ok: bool, why: str):
         if not ok:
-            raise ExportError(f"transformers export: CLIPModel cannot express {why}")
+            raise NotExpressible(f"transformers export: CLIPModel cannot express {why}")
 
     require(type(clip) is CLIP, f"an open_clip {type(clip).__name__} (custom or Hugging Face text tower)")
     visual = clip.visual

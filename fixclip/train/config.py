@@ -12,9 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import FixClipConfig, StrictConfig
+from ..config import FixClipConfig, HolisticConfig, LongClipConfig, StrictConfig
 
-IMPLEMENTED_METHODS = ("fixclip",)
+# The keys of the fixclip section every method reads: Long-CLIP and Holistic CLIP share FIX-CLIP's text stretch.
+SHARED_FIXCLIP_KEYS = ("stretch_keep", "stretch_ratio", "trim_text_padding")
 # Fields that change how progress is shown or saved, never the trained weights (the world size is fingerprinted
 # directly, so `distributed` is left out too).
 _NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "distributed")
@@ -45,6 +46,8 @@ class TrainConfig(StrictConfig):
     shards: str = "data/shards/train"  # folder of *.tar, brace pattern
     base_model: BaseModelConfig = BaseModelConfig()
     fixclip: FixClipConfig = FixClipConfig()
+    longclip: LongClipConfig = LongClipConfig()
+    holistic: HolisticConfig = HolisticConfig()
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: float | None = Field(3.0, gt=0)
@@ -70,8 +73,9 @@ class TrainConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.method not in IMPLEMENTED_METHODS:
-            raise ValueError(f"method: {self.method!r} is not implemented yet (implemented: {IMPLEMENTED_METHODS})")
+        for key in self.unused_method_keys():
+            raise ValueError(f"{key}: set, but train.method is {self.method!r}, which does not read it "
+                             "(leave it at its default)")
         if (self.epochs is None) == (self.samples is None):
             raise ValueError("epochs: set exactly one of epochs and samples (the other null)")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -82,6 +86,19 @@ class TrainConfig(StrictConfig):
         if self.logit_scale_init is not None and self.logit_scale_init > self.logit_scale_max:
             raise ValueError("logit_scale_init: exceeds logit_scale_max")
         return self
+
+    def unused_method_keys(self) -> list[str]:
+        """Keys of another method's section set to a non-default value (so `-S train.method=...` alone works with
+        every other section at its defaults; a changed key that would be ignored is an error)."""
+        changed = []
+        for section, config in (("fixclip", self.fixclip), ("longclip", self.longclip), ("holistic", self.holistic)):
+            if section == self.method:
+                continue
+            shared = SHARED_FIXCLIP_KEYS if section == "fixclip" else ()
+            default = type(config)()
+            changed += [f"{section}.{key}" for key in type(config).model_fields
+                        if key not in shared and getattr(config, key) != getattr(default, key)]
+        return changed
 
     def fingerprint(self, world_size: int, shard_counts: dict) -> str:
         """Identifies the trajectory: a checkpoint is resumed only by a run with the same fingerprint."""

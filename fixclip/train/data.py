@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..text_stretch import long_tokenizer
 
-SAMPLE_KEYS = ("jpg", "long.txt", "short.txt")  # the shard stage's members that training reads
-Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [c, 3, H, W], long tokens, short tokens
+SAMPLE_KEYS = ("jpg", "long.txt", "short.txt")  # the shard stage's members that training reads (one long caption)
+# images [c, 3, H, W], long tokens [c, L] (or [c, K, L] with K long captions per sample), short tokens [c, L]
+Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def shard_list(shards: str | Path | list[str]) -> list[str]:
@@ -41,6 +42,20 @@ def shard_list(shards: str | Path | list[str]) -> list[str]:
             raise FileNotFoundError(f"{shards}: no .tar shards in this folder")
         return found
     return wds.shardlists.expand_urls(str(shards))
+
+
+def check_members(shard: str, members: tuple[str, ...], key: str) -> None:
+    """Raise ValueError naming ``key`` when the first sample of ``shard`` lacks one of ``members`` (e.g. shards
+    with one caption per image read by a method that needs K)."""
+    with tarfile.open(shard) as archive:
+        names = archive.getnames()
+    if not names:
+        return
+    first = names[0].split(".", 1)[0]
+    missing = [m for m in members if f"{first}.{m}" not in names]
+    if missing:
+        raise ValueError(f"{key}: {shard} has no {', '.join(missing)} (its samples hold fewer captions than this "
+                         "needs; caption with caption.captions_per_image at least as large)")
 
 
 def count_samples(shard: str) -> int:
@@ -89,11 +104,14 @@ def _skip(count: int):
 
 
 class TrainStream(IterableDataset):
-    """Chunks of (images, long tokens, short tokens) for one rank; see the module docstring."""
+    """Chunks of (images, long tokens, short tokens) for one rank; see the module docstring. With several
+    ``long_keys`` (one member per caption) the long tokens are [chunk, K, L]."""
 
     def __init__(self, layout: StreamLayout, rank: int, chunk_size: int, image_transform: Callable,
-                 context_length: int, seed: int, shuffle_buffer: int, start_chunk: int = 0):
+                 context_length: int, seed: int, shuffle_buffer: int, start_chunk: int = 0,
+                 long_keys: tuple[str, ...] = ("long.txt",)):
         super().__init__()
+        self.long_keys = long_keys
         self.layout = layout
         self.rank = rank
         self.chunk_size = chunk_size
@@ -114,7 +132,7 @@ class TrainStream(IterableDataset):
             *shuffle,
             _skip(skip),
             wds.decode("pilrgb"),
-            wds.to_tuple(*SAMPLE_KEYS),
+            wds.to_tuple("jpg", *self.long_keys, "short.txt"),
         )
 
     def _samples(self, g: int) -> Iterator[tuple]:
@@ -129,9 +147,12 @@ class TrainStream(IterableDataset):
         tokenize = long_tokenizer(self.context_length)
         samples = self._samples(g)
         while True:
-            images, longs, shorts = zip(*itertools.islice(samples, self.chunk_size))
-            yield (torch.stack([self.image_transform(im) for im in images]), tokenize(list(longs)),
-                   tokenize(list(shorts)))
+            images, *longs, shorts = zip(*itertools.islice(samples, self.chunk_size))
+            if len(longs) == 1:
+                long_tokens = tokenize(list(longs[0]))
+            else:  # [K, c] captions -> [c, K, L] tokens
+                long_tokens = torch.stack([tokenize(list(caption)) for caption in longs], dim=1)
+            yield torch.stack([self.image_transform(im) for im in images]), long_tokens, tokenize(list(shorts))
 
 
 def micro_batches(stream: TrainStream, num_workers: int, pin_memory: bool = False) -> Iterator[Chunk]:

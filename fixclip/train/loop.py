@@ -14,13 +14,13 @@ import open_clip
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..base_model import build_clip
-from ..loss import FixClipLoss
+from ..base_model import build_clip, load_clip
+from ..methods import build_loss, build_model, long_caption_keys
 from ..model import FixClip
 from . import checkpoints as ckpt
 from . import distributed
 from .config import RunDirs, TrainConfig, file_sha256
-from .data import StreamLayout, TrainStream, count_samples, micro_batches, shard_list
+from .data import StreamLayout, TrainStream, check_members, count_samples, micro_batches, shard_list
 from ..model_folder import save_model_folder
 from .log import TrainLog
 from .optim import adamw, clamp_logit_scale, cosine_lr, reset_logit_scale, set_lr
@@ -32,13 +32,21 @@ class NonFiniteLossError(RuntimeError):
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise ValueError naming the key when the config does not fit the base model (e.g. num_prompts must divide
-    its patches); builds the model on the meta device only."""
+    its patches) or the shards (e.g. fewer captions per sample than the method reads); builds the model on the
+    meta device only."""
     with torch.device("meta"):
         try:
             clip = build_clip(cfg.base_model.config)
         except (ValueError, OSError) as exc:
             raise ValueError(f"base_model.config: {exc}") from None
-        FixClip(clip, cfg.fixclip)
+        _method_model(cfg, clip)
+    shards = shard_list(cfg.shards) if cfg.method == "holistic" else []
+    if shards and Path(shards[0]).is_file():
+        check_members(shards[0], long_caption_keys(cfg.method, cfg.holistic), "holistic.captions_per_image")
+
+
+def _method_model(cfg: TrainConfig, clip: torch.nn.Module) -> FixClip:
+    return build_model(cfg.method, clip, cfg.fixclip, cfg.longclip, cfg.holistic)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -76,13 +84,13 @@ class _Run:
     def __init__(self, cfg: TrainConfig, dirs: RunDirs, ranks: distributed.Ranks):
         self.cfg, self.dirs, self.ranks = cfg, dirs, ranks
         torch.manual_seed(cfg.seed)  # identical on every rank: new modules start equal everywhere
-        model = FixClip.from_pretrained(cfg.base_model.config, cfg.base_model.weights, cfg.fixclip)
+        model = _method_model(cfg, load_clip(cfg.base_model.config, cfg.base_model.weights))
         if cfg.logit_scale_init is not None:
             reset_logit_scale(model.logit_scale, cfg.logit_scale_init)
         model.mask_generator.manual_seed(cfg.fixclip.mask_seed + ranks.rank)
         self.model = model.to(ranks.device)
         self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-        self.loss = FixClipLoss.from_config(cfg.fixclip, ranks.rank, ranks.world_size)
+        self.loss = build_loss(cfg.method, cfg.fixclip, cfg.longclip, cfg.holistic, ranks.rank, ranks.world_size)
 
         shards = shard_list(cfg.shards)
         counts = [count_samples(s) for s in shards]
@@ -138,7 +146,8 @@ class _Run:
         stream = TrainStream(self.layout, self.ranks.rank, cfg.batch_size // self.layout.streams_per_rank,
                              open_clip.image_transform(visual.image_size, is_train=False),
                              self.model.context_length, cfg.seed, cfg.shuffle_buffer,
-                             start_chunk=self.step * cfg.grad_accum)
+                             start_chunk=self.step * cfg.grad_accum,
+                             long_keys=long_caption_keys(cfg.method, cfg.holistic))
         return micro_batches(stream, cfg.num_workers, pin_memory=self.ranks.device.type == "cuda")
 
     def _micro_step(self, net, batch, sync: bool) -> dict | None:

@@ -1,9 +1,11 @@
 """Async OpenAI-chat client that captions images on a set of vLLM servers.
 
-`concurrency` workers per server pull from one queue, so faster servers take more work. The prompt and the
-sampling seed of an image are functions of its key, so a rerun asks exactly the same question. Transient errors
-(connection, timeout, 429, 5xx) are retried with exponential backoff; when retries run out the whole run stops
-with `CaptionServiceError` (finished shards are kept, a rerun resumes). Other HTTP errors fail that image only.
+`concurrency` workers per server pull from one queue, so faster servers take more work. Each of the
+`captions_per_image` captions of an image is its own request in that queue. The prompt and the sampling seed of a
+caption are functions of the image key and the caption's index, so a rerun asks exactly the same question.
+Transient errors (connection, timeout, 429, 5xx) are retried with exponential backoff; when retries run out the
+whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). Other HTTP errors fail
+that caption only.
 """
 import asyncio
 import base64
@@ -49,6 +51,7 @@ class Completion:
 class CaptionResult:
     shard: str
     key: str
+    caption_index: int
     caption: str
     prompt_id: int
     finish_reason: str | None
@@ -65,6 +68,27 @@ def prompt_id_for(key: str, n_prompts: int) -> int:
     return stable_int("prompt", key) % n_prompts
 
 
+def caption_prompt_id(key: str, caption_index: int, n_prompts: int) -> int:
+    """Caption j of an image asks the j-th prompt after the image's own: the K prompts of an image are distinct."""
+    return (prompt_id_for(key, n_prompts) + caption_index) % n_prompts
+
+
+def retry_prompt_id(prompt_id: int, captions_per_image: int, n_prompts: int) -> int | None:
+    """The prompt a rejected caption is retried with: K prompts on, so past the image's own K prompts when there are
+    at least 2K; None when every prompt is already asked by a caption of the image (n_prompts <= K)."""
+    if n_prompts <= captions_per_image:
+        return None
+    return (prompt_id + captions_per_image) % n_prompts
+
+
+def caption_prompt_ids(params: CaptionParams, key: str, caption_index: int) -> list[int]:
+    """The prompts caption `caption_index` of image `key` asks, in order: its own, then the retry's if rejected."""
+    n_prompts = len(params.prompts)
+    first = caption_prompt_id(key, caption_index, n_prompts)
+    retry = retry_prompt_id(first, params.captions_per_image, n_prompts)
+    return [first] if retry is None or not params.retry_rejected_with_other_prompt else [first, retry]
+
+
 def request_seed(seed: int, key: str, prompt_id: int) -> int:
     return stable_int("seed", seed, key, prompt_id) % (2**31 - 1)
 
@@ -75,7 +99,7 @@ def data_url(data: bytes, extension: str) -> str:
 
 
 class CaptionClient:
-    """Sends one chat request per image (plus an optional retry with another prompt) and classifies the answer."""
+    """Sends one chat request per caption (plus an optional retry with another prompt) and classifies the answer."""
 
     def __init__(self, params: CaptionParams, session: aiohttp.ClientSession):
         self.params = params
@@ -127,27 +151,21 @@ class CaptionClient:
             )
         raise CaptionServiceError(f"{url}: gave up after {self.params.retries + 1} attempts; last error: {last_error}")
 
-    async def caption(self, url: str, item: ImageItem) -> tuple[CaptionResult, int]:
-        """Caption one image; returns its result and the tokens generated for it (all attempts)."""
-        n_prompts = len(self.params.prompts)
-        prompt_id = prompt_id_for(item.key, n_prompts)
+    async def caption(self, url: str, item: ImageItem, caption_index: int) -> tuple[CaptionResult, int]:
+        """Write caption `caption_index` of one image; returns it and the tokens generated for it (all attempts)."""
         generated = 0
-        attempts = 2 if self.params.retry_rejected_with_other_prompt and n_prompts > 1 else 1
-        for attempt in range(attempts):
-            if attempt:
-                prompt_id = (prompt_id + 1) % n_prompts
+        for prompt_id in caption_prompt_ids(self.params, item.key, caption_index):
             try:
                 completion = await self.complete(url, self.request_body(item, prompt_id))
             except PermanentRequestError as err:
-                tqdm.write(f"caption: {item.shard}/{item.key} failed: {err}")
-                return CaptionResult(item.shard, item.key, "", prompt_id, None, 0, "failed"), generated
+                tqdm.write(f"caption: {item.shard}/{item.key} #{caption_index} failed: {err}")
+                return CaptionResult(item.shard, item.key, caption_index, "", prompt_id, None, 0, "failed"), generated
             generated += completion.tokens
             status = self.filter.classify(completion.text, completion.finish_reason)
             if status == "ok":
                 break
-        result = CaptionResult(
-            item.shard, item.key, completion.text, prompt_id, completion.finish_reason, completion.tokens, status
-        )
+        result = CaptionResult(item.shard, item.key, caption_index, completion.text, prompt_id,
+                               completion.finish_reason, completion.tokens, status)
         return result, generated
 
 
@@ -158,21 +176,22 @@ async def caption_stream(
     total: int,
     on_result: Callable[[CaptionResult], Awaitable[None]],
 ) -> dict:
-    """Caption every item on the endpoints; calls `on_result` once per item. Returns request counters."""
-    queue: asyncio.Queue[ImageItem | None] = asyncio.Queue(maxsize=4 * params.concurrency * len(endpoints))
+    """Write `captions_per_image` captions of every item (`total` of them) on the endpoints; calls `on_result` once
+    per caption. Returns request counters."""
+    queue: asyncio.Queue[tuple[ImageItem, int] | None] = asyncio.Queue(maxsize=4 * params.concurrency * len(endpoints))
     workers = [url for url in endpoints for _ in range(params.concurrency)]
     connector = aiohttp.TCPConnector(limit=len(workers))
     started = time.monotonic()
     tokens = 0
-    bar = tqdm(total=total, unit="img", desc="caption", smoothing=0.1, mininterval=1.0)
+    bar = tqdm(total=total * params.captions_per_image, unit="caption", desc="caption", smoothing=0.1, mininterval=1.0)
 
     async with aiohttp.ClientSession(connector=connector) as session:
         client = CaptionClient(params, session)
 
         async def worker(url: str) -> None:
             nonlocal tokens
-            while (item := await queue.get()) is not None:
-                result, generated = await client.caption(url, item)
+            while (request := await queue.get()) is not None:
+                result, generated = await client.caption(url, *request)
                 tokens += generated
                 await on_result(result)
                 bar.update(1)
@@ -180,7 +199,8 @@ async def caption_stream(
 
         async def feed() -> None:
             async for item in items:
-                await queue.put(item)
+                for caption_index in range(params.captions_per_image):
+                    await queue.put((item, caption_index))
             for _ in workers:
                 await queue.put(None)
 

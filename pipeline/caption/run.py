@@ -1,9 +1,11 @@
 """The caption stage: img2dataset shards in `raw_dir` -> one captions parquet per shard in `out_dir` + metrics.
 
-Resumable: a shard's parquet appears only complete (temp file + fsync + rename), and finished shards whose keys
-still match their tar are skipped on rerun. `out_dir/_fingerprint.json` records the params that shape caption text
-and the model's identity; when it changes, every caption is redone. Every image key in a tar ends in exactly one
-row whose status is `ok`, a rejection class, or `failed`, so the metrics' counts add up to `images`.
+Each image gets `captions_per_image` (K) captions, one row per (key, caption_index), rows sorted by both.
+Resumable: a shard's parquet appears only complete (temp file + fsync + rename), and finished shards whose
+(key, caption_index) rows still match their tar and K are skipped on rerun. `out_dir/_fingerprint.json` records
+the params that shape caption text (K among them) and the model's identity; when it changes, every caption is
+redone. Every caption row's status is `ok`, a rejection class, or `failed`, so the metrics' counts add up to
+`captions` = `images` x K.
 """
 import asyncio
 import hashlib
@@ -27,6 +29,7 @@ FINGERPRINT_FILE = "_fingerprint.json"
 FULL_HASH_MAX_BYTES = 64 << 20
 SCHEMA = pa.schema([
     ("key", pa.string()),
+    ("caption_index", pa.int32()),
     ("caption", pa.string()),
     ("prompt_id", pa.int32()),
     ("model", pa.string()),
@@ -81,9 +84,10 @@ def fingerprint(params: CaptionParams) -> dict:
 
 
 def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str) -> None:
-    rows = sorted(rows, key=lambda r: r.key)
+    rows = sorted(rows, key=lambda r: (r.key, r.caption_index))
     table = pa.Table.from_pydict({
         "key": [r.key for r in rows],
+        "caption_index": [r.caption_index for r in rows],
         "caption": [r.caption for r in rows],
         "prompt_id": [r.prompt_id for r in rows],
         "model": [model] * len(rows),
@@ -96,10 +100,17 @@ def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str
     write_bytes(out_dir / f"{shard}.parquet", sink.getvalue().to_pybytes())
 
 
-def finished_keys(parquet_path: Path) -> list[str] | None:
-    if not parquet_path.exists():
+def expected_rows(keys: list[str], captions_per_image: int) -> list[tuple[str, int]]:
+    """The (key, caption_index) rows a finished shard holds, in file order."""
+    return [(key, index) for key in keys for index in range(captions_per_image)]
+
+
+def finished_rows(parquet_path: Path) -> list[tuple[str, int]] | None:
+    """The (key, caption_index) rows of a written shard; None when it is absent or of another layout."""
+    if not parquet_path.exists() or not pq.read_schema(parquet_path).equals(SCHEMA):
         return None
-    return sorted(pq.read_table(parquet_path, columns=["key"]).column("key").to_pylist())
+    table = pq.read_table(parquet_path, columns=["key", "caption_index"])
+    return list(zip(table.column("key").to_pylist(), table.column("caption_index").to_pylist()))
 
 
 def prepare_out_dir(out_dir: Path, stamp: dict, shards: set[str]) -> None:
@@ -123,7 +134,7 @@ async def caption_shards(
     async def on_result(result: CaptionResult) -> None:
         rows = pending[result.shard]
         rows.append(result)
-        if len(rows) == len(keys[result.shard]):
+        if len(rows) == len(keys[result.shard]) * params.captions_per_image:
             await asyncio.to_thread(write_shard, out_dir, result.shard, pending.pop(result.shard), params.model)
 
     total = sum(len(keys[shard]) for shard in todo)
@@ -131,6 +142,7 @@ async def caption_shards(
 
 
 def count_statuses(out_dir: Path, shards: list[str]) -> dict:
+    """Caption rows per status, their total (`captions`) and their tokens."""
     counts = dict.fromkeys(STATUSES, 0)
     tokens = 0
     for shard in shards:
@@ -138,7 +150,7 @@ def count_statuses(out_dir: Path, shards: list[str]) -> dict:
         for status in table.column("status").to_pylist():
             counts[status] += 1
         tokens += sum(table.column("tokens").to_pylist())
-    return {"images": sum(counts.values()), **counts, "caption_tokens": tokens}
+    return {"captions": sum(counts.values()), **counts, "caption_tokens": tokens}
 
 
 def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path, log_dir: Path) -> dict:
@@ -146,8 +158,10 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
     raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
     tars = {p.stem: p for p in sorted(raw_dir.glob("*.tar"))}
     keys = {shard: image_keys(path, params.image_extensions) for shard, path in tars.items()}
+    per_image = params.captions_per_image
     prepare_out_dir(out_dir, fingerprint(params), set(tars))
-    todo = {s: p for s, p in tars.items() if finished_keys(out_dir / f"{s}.parquet") != keys[s]}
+    todo = {s: p for s, p in tars.items()
+            if finished_rows(out_dir / f"{s}.parquet") != expected_rows(keys[s], per_image)}
     for shard in todo:
         (out_dir / f"{shard}.parquet").unlink(missing_ok=True)
         if not keys[shard]:
@@ -163,10 +177,11 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
     captioned = sum(len(keys[s]) for s in todo)
 
     counts = count_statuses(out_dir, list(tars))
-    expected = sum(len(k) for k in keys.values())
-    if counts["images"] != expected:
-        raise RuntimeError(f"{out_dir}: {counts['images']} caption rows for {expected} raw images")
-    metrics = counts | {
+    images = sum(len(k) for k in keys.values())
+    if counts["captions"] != images * per_image:
+        raise RuntimeError(f"{out_dir}: {counts['captions']} caption rows for {images} raw images x "
+                           f"{per_image} captions_per_image")
+    metrics = {"images": images, "captions_per_image": per_image} | counts | {
         "shards": len(tars),
         "shards_skipped": len(tars) - len(todo),
         "captioned_this_run": captioned,
@@ -174,6 +189,7 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "transient_retries": stats["transient_retries"],
         "seconds": round(seconds, 3),
         "images_per_s": round(captioned / seconds, 3) if captioned else 0.0,
+        "captions_per_s": round(captioned * per_image / seconds, 3) if captioned else 0.0,
         "tokens_per_s": round(stats["tokens"] / seconds, 3) if captioned else 0.0,
     }
     quality = caption_quality(raw_dir, out_dir, list(tars))

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from pipeline.params.caption import CaptionParams
 from pipeline.params.download import DownloadParams
@@ -31,6 +31,15 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _holistic_prompts(self):
+        """Holistic CLIP's K captions per image come from K different caption prompts."""
+        needed, listed = self.train.holistic.captions_per_image, len(self.caption.prompts)
+        if self.train.method == "holistic" and needed > listed:
+            raise ValueError(f"train.holistic.captions_per_image: {needed} captions need as many caption.prompts "
+                             f"({listed} listed)")
+        return self
 
 
 class ParamsError(ValueError):
@@ -62,7 +71,9 @@ def _describe(error: dict) -> str:
     if kind == "value_error":
         # Section validators phrase their errors as "<sub.key>: what is wrong" or as plain text.
         message = error["msg"].removeprefix("Value error, ")
-        return f"{key}.{message}" if re.match(r"^[\w.]+: ", message) else f"{key}: {message}"
+        if re.match(r"^[\w.]+: ", message):
+            return f"{key}.{message}" if key else message
+        return f"{key}: {message}"
     what = _EXPECTED.get(kind, error["msg"].lower())
     return f"{key}: {what}, got {error['input']!r}"
 

@@ -75,6 +75,7 @@ class CaptionParams(Section):
     backoff_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     prompts: list[str] = Field(list(TOY_CAPTIONER_PROMPTS), min_length=1)
+    captions_per_image: int = Field(1, ge=1)  # K captions per image, each from its own prompt
     sampling: Sampling = Sampling()
     filters: Filters = Filters()
     retry_rejected_with_other_prompt: bool = True
@@ -97,6 +98,15 @@ class CaptionParams(Section):
         return [url.rstrip("/") for url in endpoints]
 
     @model_validator(mode="after")
+    def enough_prompts(self) -> "CaptionParams":
+        if self.captions_per_image > len(self.prompts):
+            raise ValueError(
+                f"captions_per_image: {self.captions_per_image} captions per image need as many distinct prompts, "
+                f"but prompts lists {len(self.prompts)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def gpus_match_servers(self) -> "CaptionParams":
         needed = self.num_servers * self.server.tensor_parallel_size
         if self.gpus and len(self.gpus) != needed:
@@ -109,7 +119,7 @@ class CaptionParams(Section):
     def content_fingerprint(self) -> dict:
         """The params that change caption text; operational knobs (fleet size, timeouts) are left out."""
         return self.model_dump(include={
-            "model", "served_model_name", "prompts", "sampling", "filters", "retry_rejected_with_other_prompt",
-            "image_extensions",
+            "model", "served_model_name", "prompts", "captions_per_image", "sampling", "filters",
+            "retry_rejected_with_other_prompt", "image_extensions",
         }) | {"server": self.server.model_dump(include={"dtype", "max_model_len"})}
 

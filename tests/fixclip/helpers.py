@@ -3,6 +3,7 @@ import copy
 
 import open_clip
 import torch
+import torch.distributed as dist
 
 from fixclip.base_model import TINY_CLIP_CONFIG, build_clip
 from fixclip.text_stretch import long_tokenizer
@@ -35,3 +36,24 @@ def batch(n: int = 8, seed: int = 0, image_size: int = 64):
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, image_size, image_size, generator=gen)
     return images, long_tokenizer(248)(captions(n, long=True)), open_clip.tokenize(captions(n, long=False))
+
+
+def ddp_loss_matches_single_process(rank: int, world_size: int, port: int, out_dim: int, loss_and_grad,
+                                    make_loss) -> None:
+    """An mp.spawn target: the loss of each rank's share (features gathered by the loss) and the rank-averaged
+    gradient equal one process's loss and gradient on the whole batch. ``loss_and_grad(model, inputs, loss_fn)``
+    maps a Linear's outputs to the loss's features; ``make_loss(rank=, world_size=)`` builds the loss."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, out_dim, bias=False)
+        inputs = torch.randn(4 * world_size, 5)
+        ref_loss, ref_grad = loss_and_grad(model, inputs, make_loss(rank=0, world_size=1))
+        local = inputs.chunk(world_size)[rank]
+        loss, grad = loss_and_grad(model, local, make_loss(rank=rank, world_size=world_size))
+        dist.all_reduce(grad)
+        grad /= world_size  # what DDP does to parameter gradients
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    finally:
+        dist.destroy_process_group()

@@ -1,4 +1,6 @@
 
+import functools
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -8,6 +10,7 @@ from open_clip import ClipLoss
 
 from fixclip.loss import FixClipLoss, info_nce
 from tests.conftest import free_port
+from tests.fixclip.helpers import ddp_loss_matches_single_process
 
 
 def _features(n=8, d=16, seed=0):
@@ -57,24 +60,8 @@ def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: FixCl
     return loss.detach(), model.weight.grad.clone()
 
 
-def _distributed_worker(rank: int, world_size: int, port: int):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        torch.manual_seed(0)
-        model = torch.nn.Linear(5, 6 * 8, bias=False)
-        inputs = torch.randn(4 * world_size, 5)
-        loss_args = dict(label_smoothing=0.1, hfa_weights=(0.5,))
-        ref_loss, ref_grad = _loss_and_grads(model, inputs, FixClipLoss(**loss_args))
-        local = inputs.chunk(world_size)[rank]
-        loss, grad = _loss_and_grads(model, local, FixClipLoss(**loss_args, rank=rank, world_size=world_size))
-        dist.all_reduce(grad)
-        grad /= world_size  # what DDP does to parameter gradients
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch():
-    mp.spawn(_distributed_worker, args=(2, free_port()), nprocs=2, join=True)
+    make_loss = functools.partial(FixClipLoss, label_smoothing=0.1, hfa_weights=(0.5,))
+    mp.spawn(ddp_loss_matches_single_process, args=(2, free_port(), 6 * 8, _loss_and_grads, make_loss), nprocs=2,
+             join=True)

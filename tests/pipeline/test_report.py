@@ -17,12 +17,14 @@ def metrics(**overrides) -> dict:
                    "dropped_duplicate": 0, "dropped_sampling": 10},
         "download": {"urls": 990, "success": 990, "failed": 0, "failed_to_download": 0, "failed_to_resize": 0,
                      "failures": {}, "shards": 1, "seconds": 20.0, "images_per_s": 49.5},
-        "caption": {"images": 990, "ok": 990, "empty": 0, "refusal": 0, "too_short": 0, "repetitive": 0,
-                    "truncated": 0, "failed": 0, "caption_tokens": 80000, "shards": 1, "shards_skipped": 0,
-                    "captioned_this_run": 990, "generated_tokens_this_run": 80000, "transient_retries": 0,
-                    "seconds": 100.0, "images_per_s": 9.9, "tokens_per_s": 800.0},
-        "shard": {"raw_images": 990, "captioned": 990, "dropped_no_caption": 0, "dropped_filtered_caption": 0,
-                  "dropped_undecodable_image": 0, "train": 940, "val": 50, "train_shards": 1, "val_shards": 1},
+        "caption": {"images": 990, "captions": 990, "captions_per_image": 1, "ok": 990, "empty": 0, "refusal": 0,
+                    "too_short": 0, "repetitive": 0, "truncated": 0, "failed": 0, "caption_tokens": 80000,
+                    "shards": 1, "shards_skipped": 0, "captioned_this_run": 990, "generated_tokens_this_run": 80000,
+                    "transient_retries": 0, "seconds": 100.0, "images_per_s": 9.9, "captions_per_s": 9.9,
+                    "tokens_per_s": 800.0},
+        "shard": {"raw_images": 990, "captioned": 990, "captions_per_image": 1, "substituted_captions": 0,
+                  "dropped_no_caption": 0, "dropped_filtered_caption": 0, "dropped_undecodable_image": 0,
+                  "train": 940, "val": 50, "train_shards": 1, "val_shards": 1},
         "train": {"steps": 29, "samples": 928, "samples_per_step": 32, "world_size": 1, "resumed_from_step": 0,
                   "skipped_steps": 0, "samples_per_s": 60.0, "final_loss": 4.25, "final_lr": 1e-8},
         "evaluate": {
@@ -100,6 +102,23 @@ def test_lines_follow_the_dag_order(tmp_path):
     text = report(write(tmp_path, metrics()))
     stage_lines = [line for line in text.splitlines() if line and not line.startswith((" ", "|"))]
     assert [line.split()[0] for line in stage_lines] == list(DAG_ORDER)
+
+
+def test_caption_line_counts_captions_and_says_how_many_per_image(tmp_path):
+    assert "per image" not in stage_line(report(write(tmp_path, metrics())), "caption")
+    text = report(write(tmp_path, metrics(caption={"captions": 2970, "captions_per_image": 3, "ok": 2961,
+                                                   "too_short": 9, "captions_per_s": 29.7})))
+    caption = stage_line(text, "caption")
+    assert "2961/2970 captions ok (3 per image)" in caption and "too_short 9" in caption
+    assert "9.9 img/s" in caption
+
+
+def test_caption_metrics_from_before_several_captions_read_as_one_per_image(tmp_path):
+    files = metrics()
+    for key in ("captions", "captions_per_image", "captions_per_s"):
+        del files["caption"][key]
+    caption = stage_line(report(write(tmp_path, files)), "caption")
+    assert "990/990 captions ok" in caption and "per image" not in caption
 
 
 def test_caption_quality_is_shown_only_when_scored(tmp_path):

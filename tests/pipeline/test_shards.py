@@ -13,6 +13,21 @@ from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 from tests.conftest import file_digests
 
+KEYS = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 6, (s + 1) * 6)]
+# A 2x2 PNG as literal bytes, so the pinned digests below do not depend on an image encoder's version.
+TINY_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001649444154789c633ca1a1c1c0c0c0c4c0"
+    "c0c0c0c000000dea011c249510340000000049454e44ae426082"
+)
+# sha256 of the tars that the shard stage of commit f11ee53 (before captions had a caption_index) wrote from the
+# inputs of `test_one_caption_per_image_keeps_the_bytes_of_before`.
+BYTES_BEFORE_SEVERAL_CAPTIONS = {
+    "train/train-000000.tar": "73d9ef07d6aa2de433920b0a42a06bcb3371d4f3960bab86c332dca1f6b1d499",
+    "train/train-000001.tar": "100854c8114a503fe2795a6da6af6c4148b93ef32af3d024893f8c09ed4d22d4",
+    "train/train-000002.tar": "d4463c60ca64edbfff9c7e500fdc08c18382d0fa3c888e17fbb3de821c349b81",
+    "val/val-000000.tar": "6e97c968ef6120892512af708d343d977f38060aabff874e1cbfd58a1cfeae5b",
+}
+
 
 def _jpeg(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)
@@ -27,8 +42,8 @@ def _add(archive, name, data):
     archive.addfile(info, io.BytesIO(data))
 
 
-def make_raw(folder, n=12, bad_image=(3,), failed=(11,)):
-    """An img2dataset-shaped folder: NNNNN.tar + NNNNN.parquet, two shards."""
+def make_raw(folder, n=12, bad_image=(3,), failed=(11,), image=_jpeg):
+    """An img2dataset-shaped folder: NNNNN.tar + NNNNN.parquet, two shards; `image(i)` gives image i's bytes."""
     folder.mkdir(parents=True)
     for shard in range(2):
         rows = []
@@ -40,26 +55,42 @@ def make_raw(folder, n=12, bad_image=(3,), failed=(11,)):
                              "status": "success" if ok else "failed_to_download",
                              "original_width": 20, "original_height": 16, "long_description": f"truth {i}."})
                 if ok:
-                    _add(archive, f"{key}.jpg", b"garbage" if i in bad_image else _jpeg(i))
+                    _add(archive, f"{key}.jpg", b"garbage" if i in bad_image else image(i))
                     _add(archive, f"{key}.txt", f"alt {i}".encode())
         pd.DataFrame(rows).to_parquet(folder / f"{shard:05d}.parquet")
     return folder
 
 
-def make_captions(folder, keys, filtered=(), missing=()):
+def caption_text(key, caption_index):
+    opening = "A first sentence" if caption_index == 0 else f"Caption {caption_index}"
+    return f"{opening} about {key}. More words follow here."
+
+
+def make_captions(folder, keys, filtered=(), missing=(), per_image=1, rejected=()):
+    """A captions parquet as the caption stage writes it: `per_image` rows per key (prompt 1, 2, ...); every caption
+    of a `filtered` key and each (key, caption_index) in `rejected` is too_short."""
     folder.mkdir(parents=True)
-    rows = [{"key": k, "caption": f"A first sentence about {k}. More words follow here.", "prompt_id": 1,
-             "model": "tiny", "finish_reason": "stop", "tokens": 9, "status": "too_short" if k in filtered else "ok"}
-            for k in keys if k not in missing]
-    pd.DataFrame(rows).to_parquet(folder / "00000.parquet")
+    rows = [{"key": k, "caption_index": j, "caption": caption_text(k, j), "prompt_id": 1 + j, "model": "tiny",
+             "finish_reason": "stop", "tokens": 9,
+             "status": "too_short" if k in filtered or (k, j) in rejected else "ok"}
+            for k in keys if k not in missing for j in range(per_image)]
+    pd.DataFrame(rows).astype({"caption_index": "int32"}).to_parquet(folder / "00000.parquet")
     return folder
 
 
 @pytest.fixture
 def inputs(tmp_path):
     raw = make_raw(tmp_path / "raw")
-    keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 6, (s + 1) * 6)]
-    captions = make_captions(tmp_path / "captions", keys, filtered={"000000001"}, missing={"000000002"})
+    captions = make_captions(tmp_path / "captions", KEYS, filtered={"000000001"}, missing={"000000002"})
+    return raw, captions
+
+
+@pytest.fixture
+def three_captions(tmp_path):
+    """K = 3: image 0 has caption 1 rejected, image 4 caption 0 rejected, image 1 all three rejected."""
+    raw = make_raw(tmp_path / "raw")
+    captions = make_captions(tmp_path / "captions", KEYS, filtered={"000000001"}, missing={"000000002"},
+                             per_image=3, rejected={("000000000", 1), ("000000004", 0)})
     return raw, captions
 
 
@@ -73,6 +104,7 @@ def test_every_image_accounted(tmp_path, inputs):
     metrics = shards.run(ShardParams(samples_per_shard=3, val_fraction=0.3), raw, captions, tmp_path / "out")
     assert metrics["raw_images"] == 11  # 12 rows, one failed download
     assert metrics["captioned"] == 11
+    assert metrics["captions_per_image"] == 1 and metrics["substituted_captions"] == 0
     assert (metrics["dropped_no_caption"], metrics["dropped_filtered_caption"],
             metrics["dropped_undecodable_image"]) == (1, 1, 1)
     assert metrics["train"] + metrics["val"] == 8 and metrics["val"] > 0
@@ -96,6 +128,8 @@ def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
     assert meta["long_description"] == "truth 0." and meta["caption_model"] == "tiny"
     assert Image.open(io.BytesIO(members["uid000.jpg"])).size == (16, 16)
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m, _ in _read(tar))
+    assert meta["prompt_id"] == 1 and "prompt_ids" not in meta
+    assert not any(".long_" in name for name in members), "one caption per image: no long_<j>.txt"
 
 
 def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
@@ -153,4 +187,91 @@ def test_corrupt_tar_names_the_file(tmp_path, inputs):
     data = (raw / "00001.tar").read_bytes()
     (raw / "00001.tar").write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(shards.ShardInputError, match=r"00001.tar: corrupt tar"):
+        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+
+
+def test_one_caption_per_image_keeps_the_bytes_of_before(tmp_path):
+    raw = make_raw(tmp_path / "raw", image=lambda i: TINY_PNG)
+    captions = make_captions(tmp_path / "captions", KEYS, filtered={"000000001"}, missing={"000000002"})
+    shards.run(ShardParams(samples_per_shard=3, val_fraction=0.3, short_text="both"), raw, captions, tmp_path / "out")
+    tars = {name: digest for name, digest in file_digests(tmp_path / "out").items() if name.endswith(".tar")}
+    assert tars == BYTES_BEFORE_SEVERAL_CAPTIONS
+
+
+def test_captions_without_caption_index_are_one_per_image(tmp_path, inputs):
+    """Parquets of a caption stage from before `captions_per_image` give the same shards."""
+    raw, captions = inputs
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    pd.read_parquet(captions / "00000.parquet").drop(columns="caption_index").to_parquet(legacy / "00000.parquet")
+    shards.run(ShardParams(), raw, captions, tmp_path / "a")
+    shards.run(ShardParams(), raw, legacy, tmp_path / "b")
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
+
+
+def _samples(out_dir):
+    """uid -> {member suffix: bytes}, and the member suffixes of each sample in tar order, over every shard."""
+    samples, orders = {}, {}
+    for tar in sorted(out_dir.glob("*/*.tar")):
+        for member, data in _read(tar):
+            uid, suffix = member.name.split(".", 1)
+            samples.setdefault(uid, {})[suffix] = data.decode() if suffix != "jpg" else data
+            orders.setdefault(uid, []).append(suffix)
+    return samples, orders
+
+
+def test_three_captions_per_image(tmp_path, three_captions):
+    raw, captions = three_captions
+    metrics = shards.run(ShardParams(val_fraction=0.3, short_text="first_sentence"), raw, captions, tmp_path / "out")
+    assert metrics["captions_per_image"] == 3 and metrics["captioned"] == 11
+    assert metrics["substituted_captions"] == 2, "image 0's caption 1 and image 4's caption 0"
+    assert (metrics["dropped_no_caption"], metrics["dropped_filtered_caption"],
+            metrics["dropped_undecodable_image"]) == (1, 1, 1)
+    assert metrics["train"] + metrics["val"] == 8
+    samples, orders = _samples(tmp_path / "out")
+    assert len(samples) == 8 and "uid001" not in samples, "all captions of image 1 rejected: filtered_caption"
+    assert set(map(tuple, orders.values())) == {
+        ("jpg", "long.txt", "long_0.txt", "long_1.txt", "long_2.txt", "short.txt", "json")}
+
+    first = samples["uid000"]
+    assert first["long.txt"] == first["long_0.txt"] == caption_text("000000000", 0)
+    assert first["long_1.txt"] == caption_text("000000000", 0), "rejected caption 1 -> the first ok caption"
+    assert first["long_2.txt"] == caption_text("000000000", 2)
+    meta = json.loads(first["json"])
+    assert meta["prompt_ids"] == [1, 2, 3] and meta["prompt_id"] == 1
+
+    fourth = samples["uid004"]
+    assert fourth["long.txt"] == fourth["long_0.txt"] == fourth["long_1.txt"] == caption_text("000000004", 1)
+    assert fourth["short.txt"] == "Caption 1 about 000000004."
+    assert json.loads(fourth["json"])["prompt_id"] == 2, "the long text's caption's prompt"
+    assert [samples["uid005"][f"long_{j}.txt"] for j in range(3)] == [caption_text("000000005", j) for j in range(3)]
+
+
+def test_three_captions_with_ground_truth_text(tmp_path, three_captions):
+    raw, captions = three_captions
+    params = ShardParams(val_fraction=0.0, long_text="ground_truth")
+    truth = shards.run(params, raw, captions, tmp_path / "out")
+    assert truth["substituted_captions"] == 0 and truth["train"] == 8 and truth["dropped_filtered_caption"] == 1
+    samples, _ = _samples(tmp_path / "out")
+    assert all(sample[f"long_{j}.txt"] == sample["long.txt"] == f"truth {int(uid[3:])}."
+               for uid, sample in samples.items() for j in range(3))
+
+
+def test_three_captions_give_identical_bytes_twice(tmp_path, three_captions):
+    raw, captions = three_captions
+    params = ShardParams(samples_per_shard=4, val_fraction=0.25)
+    shards.run(params, raw, captions, tmp_path / "a")
+    shards.run(params, raw, captions, tmp_path / "b")
+    assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
+
+
+def test_incomplete_or_repeated_captions_name_the_key(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    captions = make_captions(tmp_path / "captions", KEYS, per_image=3)
+    frame = pd.read_parquet(captions / "00000.parquet")
+    frame[(frame["key"] != "000000004") | (frame["caption_index"] != 1)].to_parquet(captions / "00000.parquet")
+    with pytest.raises(shards.ShardInputError, match=r"key '000000004' has captions \[0, 2\]"):
+        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    pd.concat([frame, frame.iloc[:1]]).to_parquet(captions / "00000.parquet")
+    with pytest.raises(shards.ShardInputError, match="key '000000000' has caption 0 more than once"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")

@@ -14,13 +14,14 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from fixclip.base_model import build_clip, resolve_model_config
-from fixclip.config import FixClipConfig
+from fixclip.config import FixClipConfig, HolisticConfig
 from fixclip.eval.encode import eval_transform
-from fixclip.export.folded import ExportError
+from fixclip.export.folded import ExportError, NotExpressible
 from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.export.verify import write_verified
 from fixclip.inference import embed_images, embed_texts
+from fixclip.holistic import HolisticClip
 from fixclip.model import FixClip
 from tests.stages.test_evaluate import BASE_CONFIG
 
@@ -132,15 +133,10 @@ def test_a_fresh_process_with_only_transformers_reproduces_our_embeddings(export
     torch.testing.assert_close(F.normalize(torch.from_numpy(theirs["texts"]), dim=-1), ours[1], atol=1e-5, rtol=0)
 
 
-class _ExtraImageHead(FixClip):
-    def encode_image(self, image, normalize=False):
-        return super().encode_image(image, normalize) * 2
-
-
 def test_a_model_with_its_own_image_embedding_is_refused_and_nothing_written(tmp_path):
-    model = _ExtraImageHead(build_clip(BASE_CONFIG), FixClipConfig.plain())
+    model = HolisticClip(build_clip(BASE_CONFIG), HolisticConfig(num_branches=2))  # mean of two CLS branches
     for export in (export_open_clip, export_transformers):
-        with pytest.raises(ExportError, match="encode_image is not the open_clip backbone's"):
+        with pytest.raises(NotExpressible, match="HolisticClip.encode_image is not the open_clip backbone's"):
             export(model, BASE_CONFIG, tmp_path / export.__name__)
     assert list(tmp_path.iterdir()) == []
 
@@ -151,7 +147,7 @@ def test_transformers_refuses_what_clip_model_cannot_express(tmp_path):
     path = tmp_path / "model.json"
     path.write_text(json.dumps(config))
     model = FixClip(build_clip(path, seed=0), FixClipConfig.plain().with_(stretch=True)).eval()
-    with pytest.raises(ExportError, match="text pooling 'last'"):
+    with pytest.raises(NotExpressible, match="text pooling 'last'"):
         export_transformers(model, path, tmp_path / "transformers")
     assert not (tmp_path / "transformers").exists()
     assert export_open_clip(model, path, tmp_path / "open_clip") <= 1e-5  # open_clip expresses it
@@ -161,8 +157,9 @@ def test_an_export_that_embeds_differently_never_replaces_the_folder(tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "previous.txt").write_text("kept")
-    with pytest.raises(ExportError, match="embeds differently"):
+    with pytest.raises(ExportError, match="embeds differently") as raised:
         write_verified(out, lambda folder: (folder / "weights").write_text("new"), lambda folder: 0.5, 1e-5, "test")
+    assert not isinstance(raised.value, NotExpressible)  # a mismatch fails the stage; it is not a refusal
     assert [p.name for p in tmp_path.iterdir()] == ["export"] and (out / "previous.txt").read_text() == "kept"
     assert write_verified(out, lambda folder: (folder / "weights").write_text("new"), lambda folder: 0.0, 1e-5,
                           "test") == 0.0

@@ -1,10 +1,20 @@
 """Caption filters, params validation, and the deterministic prompt/seed choice (no server needed)."""
+import subprocess
+import sys
+
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from pipeline.caption.client import prompt_id_for, request_seed
+from pipeline.caption.client import (
+    caption_prompt_id, caption_prompt_ids, prompt_id_for, request_seed, retry_prompt_id,
+)
 from pipeline.caption.filters import CaptionFilter, repetition_ratio
+from pipeline.params import ParamsError, parse_params
 from pipeline.params.caption import CaptionParams, Filters
+from tests.conftest import REPO, stage_env
+
+KEYS = [f"{i:09d}" for i in range(200)]
 
 LONG = "In the top left cell there is a large red circle with a striped fill."
 
@@ -46,11 +56,43 @@ def test_repetition_ratio():
 
 def test_prompt_and_seed_are_functions_of_the_key():
     prompts = CaptionParams().prompts
-    chosen = {prompt_id_for(f"{i:09d}", len(prompts)) for i in range(200)}
+    chosen = {prompt_id_for(key, len(prompts)) for key in KEYS}
     assert chosen == set(range(len(prompts))), "every prompt is used"
     assert prompt_id_for("000000042", 6) == prompt_id_for("000000042", 6)
     assert request_seed(0, "k", 1) == request_seed(0, "k", 1)
     assert len({request_seed(0, "k", 1), request_seed(1, "k", 1), request_seed(0, "j", 1)}) == 3
+
+
+def test_the_captions_of_an_image_ask_distinct_consecutive_prompts():
+    for key in KEYS:
+        first = prompt_id_for(key, 7)
+        assert caption_prompt_id(key, 0, 7) == first, "caption 0 asks what the single caption asked"
+        assert [caption_prompt_id(key, j, 7) for j in range(7)] == [(first + j) % 7 for j in range(7)]
+
+
+def test_retry_rule():
+    assert [retry_prompt_id(p, 1, 7) for p in range(7)] == [1, 2, 3, 4, 5, 6, 0], "K = 1: the next prompt"
+    assert retry_prompt_id(5, 3, 7) == 1
+    assert retry_prompt_id(0, 3, 3) is None and retry_prompt_id(2, 3, 2) is None, "every prompt is already asked"
+    assert retry_prompt_id(0, 1, 1) is None
+    for key in KEYS:
+        own = {caption_prompt_id(key, j, 7) for j in range(3)}
+        retries = {retry_prompt_id(caption_prompt_id(key, j, 7), 3, 7) for j in range(3)}
+        assert len(retries) == 3 and not retries & own, "with 2K <= P the retries ask prompts no caption asked"
+
+
+def test_prompts_each_caption_asks():
+    params = CaptionParams(captions_per_image=3)  # 7 prompts
+    first = prompt_id_for("000000042", 7)
+    assert caption_prompt_ids(params, "000000042", 1) == [(first + 1) % 7, (first + 4) % 7]
+    no_retry = params.model_copy(update={"retry_rejected_with_other_prompt": False})
+    assert caption_prompt_ids(no_retry, "000000042", 1) == [(first + 1) % 7]
+    three = CaptionParams(prompts=["a", "b", "c"], captions_per_image=3)
+    own = prompt_id_for("000000042", 3)
+    assert [caption_prompt_ids(three, "000000042", j) for j in range(3)] == [[(own + j) % 3] for j in range(3)], (
+        "P = K: no retry")
+    one = CaptionParams()
+    assert caption_prompt_ids(one, "000000042", 0) == [first, (first + 1) % 7], "K = 1: as before"
 
 
 @pytest.mark.parametrize("values, key", [
@@ -63,6 +105,9 @@ def test_prompt_and_seed_are_functions_of_the_key():
     ({"server": {"dtype": "auto", "bogus": 1}}, "bogus"),
     ({"num_servers": 2, "gpus": ["0"]}, "gpus"),
     ({"concurency": 4}, "concurency"),
+    ({"captions_per_image": 0}, "captions_per_image"),
+    ({"captions_per_image": 8}, "captions_per_image"),
+    ({"prompts": ["one", "two"], "captions_per_image": 3}, "captions_per_image"),
 ])
 def test_bad_params_name_the_key(values, key):
     with pytest.raises(ValidationError, match=key):
@@ -78,3 +123,24 @@ def test_fingerprint_ignores_operational_knobs():
     base = CaptionParams()
     assert base.content_fingerprint() == CaptionParams(concurrency=4, num_servers=2, retries=9).content_fingerprint()
     assert base.content_fingerprint() != CaptionParams(sampling={"max_tokens": 7}).content_fingerprint()
+
+
+def test_fingerprint_holds_the_captions_per_image():
+    assert CaptionParams().content_fingerprint() != CaptionParams(captions_per_image=2).content_fingerprint()
+
+
+def test_more_captions_than_prompts_names_the_key():
+    with pytest.raises(ParamsError, match=r"caption\.captions_per_image: 8 captions per image need as many distinct "
+                                          r"prompts, but prompts lists 7"):
+        parse_params({"caption": {"captions_per_image": 8}})
+
+
+def test_caption_stage_fails_before_work_on_too_many_captions(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["caption"]["captions_per_image"] = len(raw["caption"]["prompts"]) + 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = stage_env() | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stages.caption"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "caption.captions_per_image:" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

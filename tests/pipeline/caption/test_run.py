@@ -9,13 +9,14 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.caption.client import CaptionServiceError, ImageItem, caption_stream, prompt_id_for
-from pipeline.caption.filters import STATUSES
-from pipeline.params.caption import Sampling
-from pipeline.caption.run import FINGERPRINT_FILE, run
+from pipeline.caption.client import CaptionServiceError, ImageItem, caption_prompt_ids, caption_stream, prompt_id_for
+from pipeline.caption.filters import REJECTIONS, STATUSES
+from pipeline.params.caption import Filters, Sampling
+from pipeline.caption.run import FINGERPRINT_FILE, expected_rows, run
 from tests.vllm_fixtures import (  # noqa: F401
     raw_shards, tiny_params, toy_image, vllm_fleet, vllm_pids, vllm_server,
 )
@@ -55,9 +56,15 @@ def caption_rows(out_dir: Path) -> dict[str, list[str]]:
     return {p.stem: pq.read_table(p).column("key").to_pylist() for p in sorted(out_dir.glob("*.parquet"))}
 
 
-def assert_counts_add_up(metrics: dict, n_images: int) -> None:
-    assert metrics["images"] == n_images
-    assert sum(metrics[status] for status in STATUSES) == n_images
+def indexed_rows(out_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """shard -> its (key, caption_index) rows in file order."""
+    tables = {p.stem: pq.read_table(p).to_pydict() for p in sorted(out_dir.glob("*.parquet"))}
+    return {shard: list(zip(t["key"], t["caption_index"])) for shard, t in tables.items()}
+
+
+def assert_counts_add_up(metrics: dict, n_images: int, per_image: int = 1) -> None:
+    assert metrics["images"] == n_images and metrics["captions_per_image"] == per_image
+    assert sum(metrics[status] for status in STATUSES) == metrics["captions"] == n_images * per_image
 
 
 def test_stage_captions_every_image(raw_shards, vllm_server, tmp_path):  # noqa: F811
@@ -72,6 +79,7 @@ def test_stage_captions_every_image(raw_shards, vllm_server, tmp_path):  # noqa:
     table = pq.read_table(next((tmp_path / "captions").glob("*.parquet"))).to_pylist()
     assert all(row["caption"] and row["tokens"] > 0 and row["model"] == params.model for row in table)
     assert {row["prompt_id"] for row in table} <= set(range(len(params.prompts)))
+    assert {row["caption_index"] for row in table} == {0}
 
     again = run(params, raw_shards, tmp_path / "captions", tmp_path / "caption.json", tmp_path / "logs")
     assert again["shards_skipped"] == again["shards"] and again["captioned_this_run"] == 0
@@ -137,3 +145,61 @@ def test_resume_after_server_killed_mid_stage(raw_shards, vllm_fleet, vllm_serve
     assert {name: (out / name).stat().st_mtime_ns for name in finished_first} == finished_first
     assert_counts_add_up(metrics, sum(map(len, keys.values())))
     assert not list(out.glob(".*.tmp"))
+
+
+def test_stage_writes_three_captions_per_image_and_resumes(raw_shards, vllm_server, tmp_path):  # noqa: F811
+    params = tiny_params(endpoints=[vllm_server], captions_per_image=3)
+    out, keys = tmp_path / "captions", raw_keys(raw_shards)
+    n_images = sum(map(len, keys.values()))
+    expected = {shard: expected_rows(shard_keys, 3) for shard, shard_keys in keys.items()}
+
+    def stage(stage_params=params) -> dict:
+        return run(stage_params, raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
+
+    metrics = stage()
+    assert indexed_rows(out) == expected, "one row per (key, caption_index), sorted by both"
+    assert_counts_add_up(metrics, n_images, 3)
+    assert metrics["captioned_this_run"] == n_images and metrics["captions_per_s"] > metrics["images_per_s"] > 0
+    rows = [row for path in sorted(out.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    for key in {row["key"] for row in rows}:
+        asked = [row["prompt_id"] for row in rows if row["key"] == key]
+        assert len(set(asked)) == 3, "7 prompts >= 2 x 3: own prompts and retries are all distinct"
+    assert all(row["prompt_id"] in caption_prompt_ids(params, row["key"], row["caption_index"]) for row in rows)
+
+    again = stage()
+    assert again["shards_skipped"] == again["shards"] and again["captioned_this_run"] == 0
+    assert_counts_add_up(again, n_images, 3)
+
+    short_of_captions, old_layout = sorted(keys)[1:3]
+    table = pq.read_table(out / f"{short_of_captions}.parquet")
+    pq.write_table(table.filter(pc.equal(table["caption_index"], 0)), out / f"{short_of_captions}.parquet")
+    pq.write_table(pq.read_table(out / f"{old_layout}.parquet").drop_columns("caption_index"),
+                   out / f"{old_layout}.parquet")
+    untouched = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")
+                 if p.stem not in (short_of_captions, old_layout)}
+    redone = stage()
+    assert redone["captioned_this_run"] == len(keys[short_of_captions]) + len(keys[old_layout]), (
+        "only the shard lacking captions 1 and 2 and the one without caption_index are redone")
+    assert {name: (out / name).stat().st_mtime_ns for name in untouched} == untouched
+    assert indexed_rows(out) == expected
+    assert_counts_add_up(redone, n_images, 3)
+
+    single = stage(tiny_params(endpoints=[vllm_server]))
+    assert single["captioned_this_run"] == n_images, "captions_per_image is part of the fingerprint"
+    assert indexed_rows(out) == {shard: expected_rows(shard_keys, 1) for shard, shard_keys in keys.items()}
+    assert_counts_add_up(single, n_images, 1)
+
+
+@pytest.mark.parametrize("n_prompts, retried", [(7, True), (3, False)])
+def test_rejected_caption_retries_k_prompts_on_only_when_one_is_free(vllm_server, n_prompts, retried):  # noqa: F811
+    params = tiny_params(captions_per_image=3, prompts=tiny_params().prompts[:n_prompts],
+                         filters=Filters(min_words=1000), sampling=Sampling(max_tokens=8))
+    items = [ImageItem("00000", f"{i:09d}", jpeg(i), "jpg") for i in range(2)]
+    results, stats = caption_items(params, [vllm_server], items)
+    assert sorted((r.key, r.caption_index) for r in results) == expected_rows([item.key for item in items], 3)
+    assert all(r.status in REJECTIONS for r in results), "every caption is too short for this filter"
+    for result in results:
+        asked = caption_prompt_ids(params, result.key, result.caption_index)
+        assert len(asked) == (2 if retried else 1) and result.prompt_id == asked[-1]
+    one_attempt_each = sum(r.tokens for r in results)
+    assert (stats["tokens"] > one_attempt_each) if retried else (stats["tokens"] == one_attempt_each)

@@ -20,8 +20,12 @@ def _error(train: dict) -> str:
     ({"fixclip": {"regional_prompt": False}}, "train.fixclip.regional_prompt: unknown key"),
     ({"fixclip": {"regional_prompts": "no"}}, "train.fixclip.regional_prompts: expected bool, got 'no'"),
     ({"fixclip": {"hfa_weights": [1.0]}}, "train.fixclip.hfa_weights: needs one weight per group 1..2, got 1"),
-    ({"method": "longclip"}, "train.method: 'longclip' is not implemented yet"),
     ({"method": "clip"}, "train.method: "),
+    ({"method": "longclip", "fixclip": {"hfa": False}}, "train.fixclip.hfa: set, but train.method is 'longclip'"),
+    ({"holistic": {"num_branches": 2}}, "train.holistic.num_branches: set, but train.method is 'fixclip'"),
+    ({"method": "fixclip", "longclip": {"pca_components": 8}}, "train.longclip.pca_components: set, but"),
+    ({"method": "holistic", "holistic": {"captions_per_image": 8}},
+     "train.holistic.captions_per_image: 8 captions need as many caption.prompts (7 listed)"),
     ({"batch_size": "32"}, "train.batch_size: expected int, got '32'"),
     ({"batch_size": 30, "num_workers": 4}, "train.batch_size: must be a multiple of num_workers (4)"),
     ({"epochs": 1.0, "samples": 100}, "train.epochs: set exactly one of epochs and samples"),
@@ -29,7 +33,14 @@ def _error(train: dict) -> str:
     ({"distributed": {"nproc_per_node": 0}}, "train.distributed.nproc_per_node: "),
 ])
 def test_bad_values_name_the_key(train, message):
-    assert message in _error(train)
+    assert f"  {message}" in _error(train)
+
+
+@pytest.mark.parametrize("method", ["fixclip", "longclip", "holistic"])
+def test_each_method_runs_on_the_other_sections_defaults(method):
+    """`dvc exp run -S train.method=<m>` alone is valid; the stretch keys are shared by every method."""
+    cfg = parse_params({"train": {"method": method, "fixclip": {"stretch_keep": 10}}}).train
+    assert cfg.method == method and cfg.unused_method_keys() == []
 
 
 def test_model_dependent_checks_name_the_key(monkeypatch):
