@@ -69,6 +69,7 @@ def _processes_in(root) -> list[int]:
 
 
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM environment (make envs)")
+@pytest.mark.timeout(2400)  # ten pipeline runs on 40 images (~10 min on 2 idle cores); the suite's default is 900 s
 def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
