@@ -124,8 +124,14 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate", "export"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
 
-    # The other two methods, one param apart, end to end (holistic reads 3 captions per image from 3 prompts).
-    assert rerun("train.method=longclip") == {"train", "evaluate", "export"}
+    # The other two methods end to end (holistic reads 3 captions per image from 3 prompts). FIX-CLIP's switch set
+    # above is refused by another method, so it goes back to its default.
+    refused = run(["dvc", "exp", "run", "-S", "train.method=longclip"], repo_copy, check=False)
+    assert refused.returncode != 0 and "train.fixclip.regional_prompts: set, but train.method is 'longclip'" in (
+        refused.stdout + refused.stderr)
+    longclip = run(["dvc", "exp", "run", "-S", "train.method=longclip", "-S", "train.fixclip.regional_prompts=true"],
+                   repo_copy)
+    assert _ran(longclip.stdout) == {"train", "evaluate", "export"}
     holistic = run(["dvc", "exp", "run", "-S", "train.method=holistic", "-S", "caption.captions_per_image=3"],
                    repo_copy)
     assert _ran(holistic.stdout) == {"caption", "shard", "train", "evaluate", "export"}
