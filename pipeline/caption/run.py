@@ -6,6 +6,10 @@ Resumable: a shard's parquet appears only complete (temp file + fsync + rename),
 the params that shape caption text (K among them) and the model's identity; when it changes, every caption is
 redone. Every caption row's status is `ok`, a rejection class, or `failed`, so the metrics' counts add up to
 `captions` = `images` x K.
+
+Speed survives a resume: `out_dir/_runs.json` records, for every run of the current fingerprint that captioned
+anything, its seconds, images and tokens (updated as each shard is written, so a killed run counts too). The
+metrics' rates are over those runs; a rerun that only skips finished shards keeps them.
 """
 import asyncio
 import hashlib
@@ -26,6 +30,7 @@ from pipeline.outputs import write_bytes, write_json
 from pipeline.params.caption import CaptionParams
 
 FINGERPRINT_FILE = "_fingerprint.json"
+RUNS_FILE = "_runs.json"
 FULL_HASH_MAX_BYTES = 64 << 20
 SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -123,11 +128,43 @@ def prepare_out_dir(out_dir: Path, stamp: dict, shards: set[str]) -> None:
         if path.name.endswith(".tmp") or stale_shard:
             path.unlink()
     if not same:
+        (out_dir / RUNS_FILE).unlink(missing_ok=True)
         write_json(stamp_path, stamp)
 
 
+def past_runs(out_dir: Path) -> list[dict]:
+    """{seconds, images, tokens} of the earlier runs of this fingerprint that captioned anything."""
+    path = out_dir / RUNS_FILE
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+class RunRecord:
+    """This run's entry in `_runs.json`, rewritten (atomically) whenever its work grows."""
+
+    def __init__(self, out_dir: Path):
+        self.path, self.earlier = out_dir / RUNS_FILE, past_runs(out_dir)
+        self.started = time.monotonic()
+        self.images = self.tokens = 0
+
+    def add(self, images: int, tokens: int) -> None:
+        self.images, self.tokens = self.images + images, self.tokens + tokens
+        self.save()
+
+    def save(self, tokens: int | None = None) -> None:
+        """Write this run's entry; `tokens` replaces the per-shard sum with the run's exact count at its end."""
+        if tokens is not None:
+            self.tokens = tokens
+        mine = {"seconds": round(time.monotonic() - self.started, 3), "images": self.images, "tokens": self.tokens}
+        write_json(self.path, {"runs": self.earlier + [mine]})
+
+    def totals(self) -> dict:
+        runs = past_runs(self.path.parent)
+        return {key: sum(run[key] for run in runs) for key in ("seconds", "images", "tokens")} | {"runs": len(runs)}
+
+
 async def caption_shards(
-    params: CaptionParams, endpoints: list[str], todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path
+    params: CaptionParams, endpoints: list[str], todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path,
+    record: RunRecord,
 ) -> dict:
     pending: dict[str, list[CaptionResult]] = {shard: [] for shard in todo}
 
@@ -136,6 +173,7 @@ async def caption_shards(
         rows.append(result)
         if len(rows) == len(keys[result.shard]) * params.captions_per_image:
             await asyncio.to_thread(write_shard, out_dir, result.shard, pending.pop(result.shard), params.model)
+            record.add(len(keys[result.shard]), sum(r.tokens for r in rows))
 
     total = sum(len(keys[shard]) for shard in todo)
     return await caption_stream(params, endpoints, read_images(todo, params.image_extensions), total, on_result)
@@ -170,11 +208,14 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
 
     started = time.monotonic()
     stats = {"tokens": 0, "transient_retries": 0}
+    record = RunRecord(out_dir)
     if todo:
         with VllmFleet(params, log_dir) as endpoints:
-            stats = asyncio.run(caption_shards(params, endpoints, todo, keys, out_dir))
+            stats = asyncio.run(caption_shards(params, endpoints, todo, keys, out_dir, record))
+        record.save(tokens=stats["tokens"])  # with server start and stop, and the tokens of retried requests
     seconds = time.monotonic() - started
     captioned = sum(len(keys[s]) for s in todo)
+    work = record.totals()
 
     counts = count_statuses(out_dir, list(tars))
     images = sum(len(k) for k in keys.values())
@@ -186,11 +227,14 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "shards_skipped": len(tars) - len(todo),
         "captioned_this_run": captioned,
         "generated_tokens_this_run": stats["tokens"],
+        "seconds_this_run": round(seconds, 3),
         "transient_retries": stats["transient_retries"],
-        "seconds": round(seconds, 3),
-        "images_per_s": round(captioned / seconds, 3) if captioned else 0.0,
-        "captions_per_s": round(captioned * per_image / seconds, 3) if captioned else 0.0,
-        "tokens_per_s": round(stats["tokens"] / seconds, 3) if captioned else 0.0,
+        # Over every run of this fingerprint that captioned anything (a resumed run adds to them):
+        "working_runs": work["runs"],
+        "seconds": round(work["seconds"], 3),
+        "images_per_s": round(work["images"] / work["seconds"], 3) if work["seconds"] else 0.0,
+        "captions_per_s": round(work["images"] * per_image / work["seconds"], 3) if work["seconds"] else 0.0,
+        "tokens_per_s": round(work["tokens"] / work["seconds"], 3) if work["seconds"] else 0.0,
     }
     quality = caption_quality(raw_dir, out_dir, list(tars))
     if quality is not None:

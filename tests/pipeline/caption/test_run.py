@@ -16,7 +16,7 @@ import pytest
 from pipeline.caption.client import CaptionServiceError, ImageItem, caption_prompt_ids, caption_stream, prompt_id_for
 from pipeline.caption.filters import REJECTIONS, STATUSES
 from pipeline.params.caption import Filters, Sampling
-from pipeline.caption.run import FINGERPRINT_FILE, expected_rows, run
+from pipeline.caption.run import FINGERPRINT_FILE, RUNS_FILE, expected_rows, run
 from tests.vllm_fixtures import (  # noqa: F401
     raw_shards, tiny_params, toy_image, vllm_fleet, vllm_pids, vllm_server,
 )
@@ -143,8 +143,21 @@ def test_resume_after_server_killed_mid_stage(raw_shards, vllm_fleet, vllm_serve
     assert caption_rows(out) == keys, "no caption lost, none duplicated"
     assert metrics["shards_skipped"] >= len(finished_first)
     assert {name: (out / name).stat().st_mtime_ns for name in finished_first} == finished_first
-    assert_counts_add_up(metrics, sum(map(len, keys.values())))
+    n_images = sum(map(len, keys.values()))
+    assert_counts_add_up(metrics, n_images)
     assert not list(out.glob(".*.tmp"))
+
+    # Speed survives the resume: both runs' work counts, the killed one's finished shards included.
+    runs = json.loads((out / RUNS_FILE).read_text())["runs"]
+    killed_images = sum(len(keys[Path(name).stem]) for name in finished_first)
+    assert [r["images"] for r in runs] == [killed_images, n_images - killed_images] == [
+        killed_images, metrics["captioned_this_run"]]
+    assert metrics["working_runs"] == 2 and metrics["seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
+    assert metrics["images_per_s"] == pytest.approx(n_images / metrics["seconds"], rel=1e-3)
+    idle = run(tiny_params(endpoints=[vllm_server], concurrency=1, sampling=Sampling(max_tokens=64)),
+               raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
+    assert idle["captioned_this_run"] == 0 and idle["shards_skipped"] == len(keys)
+    assert idle["images_per_s"] == metrics["images_per_s"] > 0 and idle["working_runs"] == 2
 
 
 def test_stage_writes_three_captions_per_image_and_resumes(raw_shards, vllm_server, tmp_path):  # noqa: F811
@@ -186,6 +199,7 @@ def test_stage_writes_three_captions_per_image_and_resumes(raw_shards, vllm_serv
 
     single = stage(tiny_params(endpoints=[vllm_server]))
     assert single["captioned_this_run"] == n_images, "captions_per_image is part of the fingerprint"
+    assert single["working_runs"] == 1, "runs of another fingerprint do not count in its speed"
     assert indexed_rows(out) == {shard: expected_rows(shard_keys, 1) for shard, shard_keys in keys.items()}
     assert_counts_add_up(single, n_images, 1)
 
