@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import embed_images, embed_texts, load
+from .eval.encode import CachedEncoder
+from .inference import load
 
 
 def _texts(path: Path | None) -> list[str]:
@@ -43,10 +44,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
-    model, preprocess, tokenizer = load(args.model, args.device)
+    encoder = CachedEncoder(load(args.model, args.device)[0], str(args.model))
     texts = _texts(args.texts)
-    images = embed_images(model, preprocess, args.images)
-    text_embeddings = embed_texts(model, tokenizer, texts)
+    images = encoder.images(args.images)
+    text_embeddings = encoder.texts(texts)
     if args.command == "embed":
         np.savez(args.out, image_embeddings=images.numpy(), text_embeddings=text_embeddings.numpy(),
                  images=np.array([str(p) for p in args.images]), texts=np.array(texts))

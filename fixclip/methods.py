@@ -27,6 +27,16 @@ def build_model(method: str, clip: nn.Module, fixclip: FixClipConfig, longclip: 
     return FixClip(clip, fixclip)
 
 
+def method_of(model: FixClip) -> dict | None:
+    """{"method": name, "params": its section} of a Long-CLIP or Holistic CLIP model (what a model folder records
+    to rebuild it with ``build_model``); None for FIX-CLIP."""
+    if isinstance(model, LongClip):
+        return {"method": "longclip", "params": model.longclip_cfg.model_dump()}
+    if isinstance(model, HolisticClip):
+        return {"method": "holistic", "params": model.holistic_cfg.model_dump()}
+    return None
+
+
 def build_loss(method: str, fixclip: FixClipConfig, longclip: LongClipConfig, holistic: HolisticConfig,
                rank: int = 0, world_size: int = 1) -> nn.Module:
     if method == "longclip":

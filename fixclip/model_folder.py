@@ -18,9 +18,7 @@ import torch
 
 from .base_model import ModelRef, build_clip, load_clip, resolve_model_config
 from .config import FixClipConfig, HolisticConfig, LongClipConfig
-from .holistic import HolisticClip
-from .longclip import LongClip
-from .methods import build_model
+from .methods import build_model, method_of
 from .model import FixClip
 
 FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "method.json", "weights.pt"
@@ -57,19 +55,10 @@ def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_CONFIG).write_text(json.dumps(resolve_model_config(base_model), indent=2) + "\n")
     (out / FIXCLIP_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
-    method = _method_of(model)
+    method = method_of(model)
     if method is not None:
         (out / METHOD).write_text(json.dumps(method, indent=2) + "\n")
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
-
-
-def _method_of(model: FixClip) -> dict | None:
-    """{"method": name, "params": its section} for Long-CLIP and Holistic CLIP models; None for FIX-CLIP."""
-    if isinstance(model, LongClip):
-        return {"method": "longclip", "params": model.longclip_cfg.model_dump()}
-    if isinstance(model, HolisticClip):
-        return {"method": "holistic", "params": model.holistic_cfg.model_dump()}
-    return None
 
 
 def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:

@@ -37,10 +37,12 @@ def eval_transform(model: FixClip):
 
 
 class CachedEncoder:
-    """Encodes with one model; remembers every embedding it computed (L2-normalised, float32, CPU)."""
+    """Encodes with one model, on the device its parameters are on; remembers every embedding it computed
+    (L2-normalised, float32, CPU)."""
 
     def __init__(self, model: FixClip, name: str, batch_size: int = 64, workers: int = 0):
         self.model, self.name = model.eval(), name
+        self.device = next(model.parameters()).device
         self.context_length = model.context_length
         self.batch_size, self.workers = batch_size, workers
         self.transform = eval_transform(model)
@@ -57,9 +59,13 @@ class CachedEncoder:
             rows = []
             with torch.inference_mode():
                 for batch in tqdm(loader, desc=f"{self.name}: images", unit="batch", leave=False):
-                    rows.append(F.normalize(self.model.encode_image(batch).float(), dim=-1))
+                    rows.append(F.normalize(self.model.encode_image(batch.to(self.device)).float(), dim=-1).cpu())
             self._images.update(zip(missing, torch.cat(rows)))
-        return torch.stack([self._images[k] for k in keys])
+        return self._stack([self._images[k] for k in keys])
+
+    def _stack(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """[N, D]; [0, D] for no input."""
+        return torch.stack(rows) if rows else torch.empty(0, self.model.clip.visual.output_dim)
 
     def texts(self, texts: list[str], max_tokens: int | None = None) -> torch.Tensor:
         """[N, D] embeddings of the texts, in order, each read up to the model's context or ``max_tokens``."""
@@ -73,6 +79,7 @@ class CachedEncoder:
                 for start in tqdm(range(0, len(missing), self.batch_size), desc=f"{self.name}: texts",
                                   unit="batch", leave=False):
                     chosen = order[start:start + self.batch_size]
-                    embedded = F.normalize(self.model.encode_text(tokens[chosen]).float(), dim=-1)
+                    embedded = self.model.encode_text(tokens[chosen].to(self.device))
+                    embedded = F.normalize(embedded.float(), dim=-1).cpu()
                     self._texts.update(zip(((missing[i], context) for i in chosen.tolist()), embedded))
-        return torch.stack([self._texts[(t, context)] for t in texts])
+        return self._stack([self._texts[(t, context)] for t in texts])

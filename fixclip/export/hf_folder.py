@@ -56,7 +56,6 @@ def check_expressible(clip: nn.Module) -> None:
                 "layer scale, custom attention or attention norms")
     norms = {m.eps for m in clip.modules() if isinstance(m, nn.LayerNorm)}
     require(len(norms) == 1, f"LayerNorms with different eps {sorted(norms)}")
-    _activation(visual.transformer.resblocks)
     require(_activation(visual.transformer.resblocks) == _activation(clip.transformer.resblocks),
             "different activations in the two towers")
 
@@ -67,6 +66,7 @@ def hf_config(clip: CLIP, config: dict) -> CLIPConfig:
     act = _activation(clip.transformer.resblocks)
     visual = clip.visual
     vision_width = visual.transformer.width
+    bpe = SimpleTokenizer()
     return CLIPConfig(
         projection_dim=config["embed_dim"],
         text_config=dict(
@@ -75,8 +75,7 @@ def hf_config(clip: CLIP, config: dict) -> CLIPConfig:
             num_attention_heads=clip.transformer.resblocks[0].attn.num_heads,
             intermediate_size=clip.transformer.resblocks[0].mlp.c_fc.out_features,
             hidden_act=act, layer_norm_eps=eps, projection_dim=config["embed_dim"],
-            bos_token_id=SimpleTokenizer().sot_token_id, eos_token_id=SimpleTokenizer().eot_token_id,
-            pad_token_id=SimpleTokenizer().eot_token_id),
+            bos_token_id=bpe.sot_token_id, eos_token_id=bpe.eot_token_id, pad_token_id=bpe.eot_token_id),
         vision_config=dict(
             image_size=visual.image_size[0], patch_size=visual.patch_size[0], hidden_size=vision_width,
             num_hidden_layers=visual.transformer.layers,

@@ -145,6 +145,7 @@ class RunRecord:
         self.path, self.earlier = out_dir / RUNS_FILE, past_runs(out_dir)
         self.started = time.monotonic()
         self.images = self.tokens = 0
+        self.mine: dict | None = None  # set once this run has written a shard
 
     def add(self, images: int, tokens: int) -> None:
         self.images, self.tokens = self.images + images, self.tokens + tokens
@@ -154,11 +155,12 @@ class RunRecord:
         """Write this run's entry; `tokens` replaces the per-shard sum with the run's exact count at its end."""
         if tokens is not None:
             self.tokens = tokens
-        mine = {"seconds": round(time.monotonic() - self.started, 3), "images": self.images, "tokens": self.tokens}
-        write_json(self.path, {"runs": self.earlier + [mine]})
+        self.mine = {"seconds": round(time.monotonic() - self.started, 3), "images": self.images,
+                     "tokens": self.tokens}
+        write_json(self.path, {"runs": self.earlier + [self.mine]})
 
     def totals(self) -> dict:
-        runs = past_runs(self.path.parent)
+        runs = self.earlier + ([self.mine] if self.mine else [])
         return {key: sum(run[key] for run in runs) for key in ("seconds", "images", "tokens")} | {"runs": len(runs)}
 
 

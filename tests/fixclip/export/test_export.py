@@ -15,12 +15,11 @@ from transformers import CLIPModel, CLIPProcessor
 
 from fixclip.base_model import build_clip, resolve_model_config
 from fixclip.config import FixClipConfig, HolisticConfig
-from fixclip.eval.encode import eval_transform
+from fixclip.eval.encode import CachedEncoder, eval_transform
 from fixclip.export.folded import ExportError, NotExpressible
 from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.export.verify import write_verified
-from fixclip.inference import embed_images, embed_texts
 from fixclip.holistic import HolisticClip
 from fixclip.model import FixClip
 from tests.stages.test_evaluate import BASE_CONFIG
@@ -48,7 +47,8 @@ def _pil(paths) -> list[Image.Image]:
 
 
 def _ours(model: FixClip, paths) -> tuple[torch.Tensor, torch.Tensor]:
-    return embed_images(model, eval_transform(model), paths), embed_texts(model, model.tokenizer(), TEXTS)
+    encoder = CachedEncoder(model, "ours")
+    return encoder.images(paths), encoder.texts(TEXTS)
 
 
 def test_probe_texts_span_the_stretched_context(exported):
