@@ -1,13 +1,17 @@
 """Shard stage vs `tar cf` on the same image files, side by side in one run.
 
-    python bench/shard.py [--images 5000] [--repeats 3]
+    python bench/shard.py [--images 5000] [--repeats 5] [--sizes 64,256]
 
-Builds an img2dataset-shaped raw folder (random 64x64 JPEGs) with a caption per image, then times the shard stage's
-library call (read raw tars, check every image decodes, join captions, write deterministic shards) against `tar cf`
-of the same JPEG files from a folder. Both rates count image bytes; goal: stage / tar >= 0.5.
+Builds an img2dataset-shaped raw folder of random JPEGs (64 px: the toy world's ~3 KB images; 256 px:
+img2dataset's default size, ~40 KB) with a caption per image, then times the shard stage's library call (read raw
+tars, check every image, join captions, write deterministic shards) against `tar cf` of the same JPEG files from a
+folder, for `shard.check_images` decode and header and `shard.workers` 1 and 2. Both rates count image bytes; goal:
+stage / tar >= 0.5. Runs alternate (stage configs, then tar) after one warm-up each.
 """
 import argparse
 import io
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -27,7 +31,7 @@ from pipeline import shards  # noqa: E402
 from pipeline.params import ShardParams  # noqa: E402
 
 
-def make_inputs(work: Path, count: int, per_shard: int = 1000) -> int:
+def make_inputs(work: Path, count: int, size: int = 64, per_shard: int = 1000) -> int:
     """Raw shards + captions + the same JPEGs as loose files; returns the image bytes."""
     rng = np.random.default_rng(0)
     (work / "raw").mkdir()
@@ -41,7 +45,7 @@ def make_inputs(work: Path, count: int, per_shard: int = 1000) -> int:
             for i in range(shard, min(shard + per_shard, count)):
                 key = f"{name}{i:05d}"
                 buffer = io.BytesIO()
-                Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, format="JPEG")
                 data = buffer.getvalue()
                 total += len(data)
                 (work / "files" / f"{key}.jpg").write_bytes(data)
@@ -49,7 +53,7 @@ def make_inputs(work: Path, count: int, per_shard: int = 1000) -> int:
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))
                 rows.append({"key": key, "uid": f"u{i}", "status": "success", "caption": "alt",
-                             "original_width": 64, "original_height": 64})
+                             "original_width": size, "original_height": size})
                 captions.append({"key": key, "caption": "A caption. With two sentences.", "status": "ok",
                                  "prompt_id": 0, "model": "m"})
         pd.DataFrame(rows).to_parquet(work / "raw" / f"{name}.parquet")
@@ -57,30 +61,59 @@ def make_inputs(work: Path, count: int, per_shard: int = 1000) -> int:
     return total
 
 
+CONFIGS = [("decode", 1), ("header", 1), ("header", 2)]
+
+
+def time_stage(work: Path, check: str, workers: int) -> float:
+    shutil.rmtree(work / "out", ignore_errors=True)
+    start = time.perf_counter()
+    shards.run(ShardParams(check_images=check, workers=workers), work / "raw", work / "captions", work / "out")
+    return time.perf_counter() - start
+
+
+def time_tar(work: Path) -> float:
+    (work / "files.tar").unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(["tar", "cf", str(work / "files.tar"), "-C", str(work / "files"), "."], check=True)
+    return time.perf_counter() - start
+
+
+def measure(size: int, images: int, repeats: int) -> list[dict]:
+    """Rows (ours vs tar cf, MiB/s of image bytes) for one image size."""
+    with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
+        work = Path(tmp)
+        total = make_inputs(work, images, size)
+        for check, workers in CONFIGS:  # warm-up: page cache, imports, process pool start-up paths
+            time_stage(work, check, workers)
+        time_tar(work)
+        stage_s = {config: [] for config in CONFIGS}
+        tar_s = []
+        for _ in range(repeats):
+            for config in CONFIGS:
+                stage_s[config].append(time_stage(work, *config))
+            tar_s.append(time_tar(work))
+    tar_rate = total / statistics.median(tar_s) / 2**20
+    print(f"{size} px: {images} images, {total / 2**20:.1f} MiB; tar cf {tar_rate:.1f} MiB/s "
+          f"(runs: {', '.join(f'{s:.3f}s' for s in tar_s)})")
+    rows = []
+    for (check, workers), times in stage_s.items():
+        rate = total / statistics.median(times) / 2**20
+        print(f"  shard stage, check_images={check}, workers={workers}: {rate:8.1f} MiB/s  ratio vs tar "
+              f"{rate / tar_rate:.3f} (goal >= 0.5)  runs: {', '.join(f'{s:.3f}s' for s in times)}")
+        rows.append({"name": f"shard {size}px, check {check}, {workers} worker{'s' * (workers > 1)}", "ours": rate,
+                     "anchor": tar_rate, "anchor_name": "tar cf", "unit": "MiB/s", "goal": ">= 0.5"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="64,256", help="image sizes in pixels, comma-separated")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
-        work = Path(tmp)
-        total = make_inputs(work, args.images)
-        stage_s, tar_s = [], []
-        for _ in range(args.repeats):
-            shutil.rmtree(work / "out", ignore_errors=True)
-            start = time.perf_counter()
-            shards.run(ShardParams(), work / "raw", work / "captions", work / "out")
-            stage_s.append(time.perf_counter() - start)
-            (work / "files.tar").unlink(missing_ok=True)
-            start = time.perf_counter()
-            subprocess.run(["tar", "cf", str(work / "files.tar"), "-C", str(work / "files"), "."], check=True)
-            tar_s.append(time.perf_counter() - start)
-    stage_rate = total / statistics.median(stage_s) / 2**20
-    tar_rate = total / statistics.median(tar_s) / 2**20
-    print(f"images: {args.images}, image bytes: {total / 2**20:.1f} MiB, repeats: {args.repeats}")
-    print(f"shard stage: {stage_rate:8.1f} MiB/s  (runs: {', '.join(f'{s:.2f}s' for s in stage_s)})")
-    print(f"tar cf     : {tar_rate:8.1f} MiB/s  (runs: {', '.join(f'{s:.2f}s' for s in tar_s)})")
-    print(f"ratio stage/tar: {stage_rate / tar_rate:.3f}  (goal >= 0.5)")
+    print(f"repeats: {args.repeats}, {os.cpu_count()} cores")
+    rows = [row for size in map(int, args.sizes.split(",")) for row in measure(size, args.images, args.repeats)]
+    print(json.dumps({"bench": "shard", "rows": rows}))
 
 
 if __name__ == "__main__":

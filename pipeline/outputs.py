@@ -10,17 +10,19 @@ import pandas as pd
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (named `.<name>.*.tmp`); once written it is synced and renamed onto
-    `path`. On error the temporary file is removed and `path` is untouched."""
+def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (named `.<name>.*.tmp`); once written it is synced (when `durable`)
+    and renamed onto `path`. On error the temporary file is removed and `path` is untouched. Outputs that a resumed
+    run keeps must be durable; a stage that always rewrites all its outputs can skip the sync."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name, not mkstemp: the writer creates the file, so it gets the usual umask permissions (not 0600).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as written:
-            os.fsync(written.fileno())
+        if durable:
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

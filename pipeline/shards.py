@@ -4,30 +4,34 @@ Every successfully downloaded image ends in `train`, `val`, or one named drop cl
 counts add up. Bytes are reproducible: samples are ordered by a seeded hash of their uid, tar members carry
 mtime 0, uid/gid 0 and empty owner names, and image bytes are copied as downloaded.
 
+Three steps: `workers` processes read the raw tars (member offsets, and the image check of every image with an ok
+caption); this process joins images, records and captions into the index and fixes every shard's samples; then
+the workers write the shards, copying image bytes from the raw tars by offset. Image bytes are never all in
+memory, and the bytes written do not depend on `workers`.
+
 An image may have K captions (the caption stage's `captions_per_image`, read here from the caption rows). It is
 kept if any is `ok`; `long.txt` is the first ok one. When K > 1 a sample also holds `long_0.txt` .. `long_{K-1}.txt`:
 caption j where it is ok, else the first ok caption (counted in `substituted_captions`).
 """
 import hashlib
-import io
 import json
 import tarfile
-import warnings
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
+from pipeline import tar_format
+from pipeline.image_check import CHECKS
 from pipeline.outputs import atomic_path, write_parquet
 from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
-# Decompression-bomb guard while checking images (pixels), as Pillow's own default.
-MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ShardInputError(RuntimeError):
@@ -36,41 +40,26 @@ class ShardInputError(RuntimeError):
 
 def safe_member_name(tar_path: Path, name: str) -> str:
     """Refuse absolute paths, parent references and sub-folders (img2dataset writes flat tars)."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or len(path.parts) != 1:
+    if "/" in name or name in ("", ".", ".."):
         raise ShardInputError(f"{tar_path}: member {name!r} would escape its folder; refusing this tar")
     return name
 
 
-def read_images(tar_path: Path) -> dict[str, bytes]:
-    """key -> image bytes of one raw shard; names the file if it is corrupt or unsafe."""
+def scan_raw_tar(tar_path: Path) -> dict[str, tar_format.Member]:
+    """key -> member of the images of one raw shard; names the file if it is corrupt or unsafe."""
     images = {}
     try:
-        with tarfile.open(tar_path) as archive:
-            for member in archive:
-                name = safe_member_name(tar_path, member.name)
-                if not member.isfile():
-                    raise ShardInputError(f"{tar_path}: member {name!r} is not a regular file; refusing this tar")
-                key, _, ext = name.rpartition(".")
-                if ext.lower() in IMAGE_EXTENSIONS:
-                    images[key] = archive.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        members = tar_format.scan(tar_path)
+    except (tarfile.TarError, tar_format.TarFormatError, EOFError, OSError) as exc:
         raise ShardInputError(f"{tar_path}: corrupt tar ({exc})") from exc
+    for member in members:
+        name = safe_member_name(tar_path, member.name)
+        if not member.is_file:
+            raise ShardInputError(f"{tar_path}: member {name!r} is not a regular file; refusing this tar")
+        key, _, ext = name.rpartition(".")
+        if ext.lower() in IMAGE_EXTENSIONS:
+            images[key] = member
     return images
-
-
-def decodable(data: bytes) -> bool:
-    """The image opens and decodes fully within the pixel budget."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    return False
-                image.load()
-        return True
-    except Exception:  # noqa: BLE001 - any decoder failure is the same drop class
-        return False
 
 
 def unit_hash(seed: int, purpose: str, uid: str) -> float:
@@ -107,31 +96,41 @@ def load_raw_records(raw_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", "raw_shard"])
 
 
-def load_captions(captions_dir: Path) -> dict[str, list[dict]]:
-    """key -> its caption rows in caption_index order, from every captions parquet. A parquet without
+CAPTION_COLUMNS = ["key", "caption_index", "caption", "status", "prompt_id", "model"]
+
+
+def load_captions(captions_dir: Path) -> pd.DataFrame:
+    """Every captions parquet's rows (CAPTION_COLUMNS), sorted by key and caption_index. A parquet without
     `caption_index` (written before the caption stage had `captions_per_image`) holds one caption per key."""
-    captions: dict[str, dict[int, dict]] = {}
+    frames = []
     for parquet in sorted(captions_dir.glob("*.parquet")):
         frame = pd.read_parquet(parquet)
         if "caption_index" not in frame:
             frame["caption_index"] = 0
-        for row in frame.to_dict("records"):
-            by_index = captions.setdefault(row["key"], {})
-            index = int(row["caption_index"])
-            if index in by_index:
-                raise ShardInputError(f"{parquet}: key {row['key']!r} has caption {index} more than once")
-            by_index[index] = row
-    return {key: [by_index[i] for i in sorted(by_index)] for key, by_index in captions.items()}
+        frame = frame.reindex(columns=CAPTION_COLUMNS).assign(caption_index=lambda f: f["caption_index"].astype(int))
+        repeated = frame.duplicated(["key", "caption_index"])
+        if repeated.any():
+            first = frame.iloc[repeated.to_numpy().argmax()]
+            key, index = first["key"], first["caption_index"]
+            raise ShardInputError(f"{parquet}: key {key!r} has caption {index} more than once")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=CAPTION_COLUMNS)
+    return pd.concat(frames, ignore_index=True).sort_values(["key", "caption_index"], kind="stable")
 
 
-def captions_per_image(captions: dict[str, list[dict]]) -> int:
-    """K: the highest caption_index + 1; every captioned key must have captions 0 .. K-1."""
-    per_image = 1 + max((int(c["caption_index"]) for rows in captions.values() for c in rows), default=0)
-    for key, rows in captions.items():
-        indices = [int(c["caption_index"]) for c in rows]
-        if indices != list(range(per_image)):
-            raise ShardInputError(f"key {key!r} has captions {indices}; with {per_image} per image it needs "
-                                  f"0 .. {per_image - 1}")
+def captions_per_image(captions: pd.DataFrame) -> int:
+    """K: the highest caption_index + 1; every captioned key must have captions 0 .. K-1, once each."""
+    if not len(captions):
+        return 1
+    per_image = 1 + int(captions["caption_index"].max())
+    once = ~captions.duplicated(["key", "caption_index"]) & (captions["caption_index"] >= 0)
+    complete = once.groupby(captions["key"], sort=False).sum() == per_image
+    if not complete.all():
+        key = complete.index[~complete.to_numpy()][0]
+        found = captions.loc[captions["key"] == key, "caption_index"].tolist()
+        raise ShardInputError(f"key {key!r} has captions {found}; with {per_image} per image it needs "
+                              f"0 .. {per_image - 1}")
     return per_image
 
 
@@ -164,7 +163,7 @@ def sample_json(row: dict, captions: list[dict], rule: str) -> dict:
     caption = next(c for c in captions if is_ok(c))
     meta = {
         "key": row["key"], "uid": row.get("uid", row["key"]), "url": row.get("url"),
-        "alt_text": row.get("caption") or "", "caption_model": caption.get("model"),
+        "alt_text": row.get("caption") or "", "caption_model": caption["model"] if _present(caption.get("model")) else None,
         "prompt_id": prompt_id(caption),
         "short_text_rule": rule,
         "original_size": [int(row["original_width"]), int(row["original_height"])]
@@ -179,96 +178,140 @@ def sample_json(row: dict, captions: list[dict], rule: str) -> dict:
     return meta
 
 
-def drop_reason(captions: list[dict] | None, data: bytes) -> str | None:
-    """The drop class of an image, or None when it is kept."""
-    if captions is None:
+def rows_of(frame: pd.DataFrame) -> list[dict]:
+    """The frame's rows as dicts of Python values (missing values stay None or NaN), faster than `to_dict`."""
+    columns = list(frame.columns)
+    return [dict(zip(columns, values)) for values in zip(*(frame[c].tolist() for c in columns))]
+
+
+def drop_reason(captions: list[dict] | None) -> str | None:
+    """The caption's drop class of an image, or None when its image is to be checked."""
+    if not captions:
         return "no_caption"
     if not any(is_ok(c) for c in captions):
         return "filtered_caption"
-    if not decodable(data):
-        return "undecodable_image"
     return None
 
 
-def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.DataFrame, dict[str, bytes], dict]:
-    """Decide every raw image's fate; returns the index (one row per image), the kept images' bytes and what the
-    captions hold (`captioned` images, `captions_per_image`)."""
+def parallel_map(function, jobs: list[tuple], workers: int, desc: str) -> list:
+    """`function(*job)` for every job, in job order, in `workers` processes (in this one when 1)."""
+    progress = dict(total=len(jobs), desc=desc, unit="tar")
+    if workers == 1 or len(jobs) < 2:
+        return [function(*job) for job in tqdm(jobs, **progress)]
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        return list(tqdm(pool.map(function, *zip(*jobs)), **progress))
+
+
+def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
+                 per_image: int) -> list[dict]:
+    """One index entry per image that `records` lists in this raw shard: its fate, and for a kept image its texts,
+    metadata, where its bytes are (tar, offset, size) and its seeded place in the shard order."""
+    images = scan_raw_tar(tar_path)
+    missing = set(records["key"]) - images.keys()
+    if missing:
+        raise ShardInputError(f"{tar_path}: corrupt tar ({len(missing)} images listed in {tar_path.stem}.parquet "
+                              f"are missing)")
+    by_key: dict[str, list[dict]] = {}
+    for caption in rows_of(captions):
+        by_key.setdefault(caption["key"], []).append(caption)
+    check = CHECKS[params.check_images]
+    entries = []
+    with open(tar_path, "rb") as stream:
+        for row in rows_of(records):
+            key, uid = row["key"], str(row.get("uid", row["key"]))
+            entry = {"key": key, "uid": uid, "raw_shard": tar_path.stem, "substituted": 0,
+                     "order": unit_hash(params.seed, "order", uid)}
+            image_captions = by_key.get(key)
+            member = images[key]
+            reason = drop_reason(image_captions)
+            if reason is None:
+                stream.seek(member.offset)
+                reason = None if check(stream.read(member.size)) else "undecodable_image"
+            if reason:
+                entry["fate"] = reason
+            else:
+                split = "val" if unit_hash(params.seed, "split", uid) < params.val_fraction else "train"
+                long_caption, per_caption, substituted = long_texts(params, row, image_captions)
+                short, rule = short_text(params, uid, long_caption, row.get("caption") or "")
+                entry.update(fate=split, long=long_caption, short=short, substituted=substituted,
+                             per_caption=per_caption if per_image > 1 else [],
+                             meta=json.dumps(sample_json(row, image_captions, rule), sort_keys=True),
+                             image=(tar_path, member.offset, member.size))
+            entries.append(entry)
+    return entries
+
+
+def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.DataFrame, dict]:
+    """Decide every raw image's fate, `workers` raw tars at a time; returns the index (one row per image, in shard
+    order) and what the captions hold (`captioned` images, `captions_per_image`)."""
     records = load_raw_records(raw_dir)
     captions = load_captions(captions_dir)
     per_image = captions_per_image(captions)
-    images: dict[str, bytes] = {}
-    for tar in tqdm(sorted(raw_dir.glob("*.tar")), desc="shard: read raw", unit="tar"):
-        found = read_images(tar)
-        listed = set(records.loc[records["raw_shard"] == tar.stem, "key"])
-        if not listed <= found.keys():
-            raise ShardInputError(f"{tar}: corrupt tar ({len(listed - found.keys())} images listed in "
-                                  f"{tar.stem}.parquet are missing)")
-        images.update(found)
-    rows, kept = [], {}
-    for row in tqdm(records.to_dict("records"), desc="shard: join", unit="img"):
-        key, uid = row["key"], str(row.get("uid", row["key"]))
-        entry = {"key": key, "uid": uid, "raw_shard": row["raw_shard"], "substituted": 0}
-        image_captions = captions.get(key)
-        data = images[key]
-        reason = drop_reason(image_captions, data)
-        if reason:
-            entry["fate"] = reason
-        else:
-            split = "val" if unit_hash(params.seed, "split", uid) < params.val_fraction else "train"
-            long_caption, per_caption, substituted = long_texts(params, row, image_captions)
-            short, rule = short_text(params, uid, long_caption, row.get("caption") or "")
-            entry.update(fate=split, long=long_caption, short=short, substituted=substituted,
-                         per_caption=per_caption if per_image > 1 else [],
-                         meta=json.dumps(sample_json(row, image_captions, rule), sort_keys=True))
-            kept[uid] = data
-        rows.append(entry)
-    index = pd.DataFrame(rows)
+    tars = sorted(raw_dir.glob("*.tar"))
+    without_tar = set(records["raw_shard"]) - {tar.stem for tar in tars}
+    if without_tar:
+        raise ShardInputError(f"{raw_dir}: {sorted(without_tar)[0]}.parquet lists images but its tar is missing")
+    if records["key"].duplicated().any():
+        raise ShardInputError(f"{raw_dir}: several images share the key {records['key'][records['key'].duplicated()].iloc[0]!r}")
+    shard_of_key = records.set_index("key")["raw_shard"]
+    captions_by_shard = dict(tuple(captions.groupby(captions["key"].map(shard_of_key), sort=False)))
+    records_by_shard = dict(tuple(records.groupby("raw_shard", sort=False)))
+    empty_records, empty_captions = records.iloc[:0], captions.iloc[:0]
+    jobs = [(tar, records_by_shard.get(tar.stem, empty_records), captions_by_shard.get(tar.stem, empty_captions),
+             params, per_image) for tar in tars]
+    entries = [entry for part in parallel_map(plan_raw_tar, jobs, params.workers, "shard: read raw") for entry in part]
+    index = pd.DataFrame(entries, columns=["key", "uid", "raw_shard", "substituted", "order", "fate", "long",
+                                           "short", "per_caption", "meta", "image"])
     if index["uid"].duplicated().any():
         raise ShardInputError(f"{raw_dir}: several images share a uid")
-    index["order"] = [unit_hash(params.seed, "order", uid) for uid in index["uid"]]
     index = index.sort_values(["order", "uid"]).drop(columns="order").reset_index(drop=True)
-    return index, kept, {"captioned": len(captions), "captions_per_image": per_image}
+    return index, {"captioned": int(captions["key"].nunique()), "captions_per_image": per_image}
 
 
-def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info, io.BytesIO(data)
+def sample_members(uid: str, image: bytes, long: str, per_caption: list[str], short: str,
+                   meta: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of one sample: jpg, long.txt, long_0.txt .. (one per caption when K > 1), short.txt, json."""
+    texts = [(f"{uid}.long_{j}.txt", text.encode()) for j, text in enumerate(per_caption)]
+    return [(f"{uid}.jpg", image), (f"{uid}.long.txt", long.encode()), *texts, (f"{uid}.short.txt", short.encode()),
+            (f"{uid}.json", meta.encode())]
 
 
-def sample_members(image: bytes, long: str, per_caption: list[str], short: str, meta: str) -> list[tuple[str, bytes]]:
-    """(suffix, bytes) of one sample: jpg, long.txt, long_0.txt .. (one per caption when K > 1), short.txt, json."""
-    texts = [(f"long_{j}.txt", text.encode()) for j, text in enumerate(per_caption)]
-    return [("jpg", image), ("long.txt", long.encode()), *texts, ("short.txt", short.encode()), ("json", meta.encode())]
+def write_shard(path: Path, samples: list[tuple[str, tuple, str, list[str], str, str]]) -> None:
+    """One tar of (uid, (raw tar, offset, size), long, long per caption, short, json) samples, written to a temp
+    name then renamed; image bytes are copied from the raw tars as downloaded."""
+    # Not synced: this stage has no resume (a crash reruns it whole), and DVC hashes the shards after it ends.
+    with ExitStack() as sources, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
+        opened: dict[Path, BinaryIO] = {}
+
+        def read(tar: Path, offset: int, size: int) -> bytes:
+            if tar not in opened:
+                opened[tar] = sources.enter_context(open(tar, "rb"))
+            opened[tar].seek(offset)
+            return opened[tar].read(size)
+
+        tar_format.write_members(stream, (member for uid, image, *texts in samples
+                                          for member in sample_members(uid, read(*image), *texts)))
 
 
-def write_shard(path: Path, samples: Iterator[tuple[str, bytes, str, list[str], str, str]]) -> None:
-    """One tar of (uid, image bytes, long, long per caption, short, json) samples, written to a temp name then
-    renamed."""
-    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as archive:
-        for uid, *sample in samples:
-            for suffix, data in sample_members(*sample):
-                archive.addfile(*_member(f"{uid}.{suffix}", data))
-
-
-def write(index: pd.DataFrame, images: dict[str, bytes], out_dir: Path, samples_per_shard: int) -> dict:
-    """Write train/ and val/ shards and the index; returns shard counts per split."""
-    shard_counts = {}
+def write(index: pd.DataFrame, out_dir: Path, params: ShardParams) -> dict:
+    """Write train/ and val/ shards and the index; returns shard counts per split. Every shard's samples are fixed
+    by the index before any is written, so the bytes do not depend on `workers`."""
+    shard_counts, jobs = {}, []
     column = pd.Series(pd.NA, index=index.index, dtype="string")
     for split in ("train", "val"):
         folder = out_dir / split
         folder.mkdir(parents=True, exist_ok=True)
         chosen = index[index["fate"] == split]
-        starts = range(0, len(chosen), samples_per_shard)
-        for number, start in enumerate(tqdm(starts, desc=f"shard: write {split}", unit="tar")):
-            part = chosen.iloc[start:start + samples_per_shard]
+        starts = range(0, len(chosen), params.samples_per_shard)
+        for number, start in enumerate(starts):
+            part = chosen.iloc[start:start + params.samples_per_shard]
             name = f"{split}-{number:06d}.tar"
-            samples = ((r.uid, images[r.uid], r.long, r.per_caption, r.short, r.meta) for r in part.itertuples())
-            write_shard(folder / name, samples)
+            samples = list(zip(part["uid"], part["image"], part["long"], part["per_caption"], part["short"],
+                               part["meta"]))
+            jobs.append((folder / name, samples))
             column[part.index] = f"{split}/{name}"
         shard_counts[split] = len(starts)
+    parallel_map(write_shard, jobs, params.workers, "shard: write")
     listing = index[["uid", "key", "raw_shard", "fate"]].assign(shard=column)
     write_parquet(out_dir / "index.parquet", listing)
     return shard_counts
@@ -294,6 +337,6 @@ def count(index: pd.DataFrame, captions: dict, shard_counts: dict) -> dict:
 
 
 def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -> dict:
-    index, images, captions = plan(raw_dir, captions_dir, params)
-    shard_counts = write(index, images, out_dir, params.samples_per_shard)
+    index, captions = plan(raw_dir, captions_dir, params)
+    shard_counts = write(index, out_dir, params)
     return count(index, captions, shard_counts)

@@ -19,3 +19,8 @@ class ShardParams(Section):
     # text, or both (alt text for a seeded `alt_text_rate` of samples).
     short_text: Literal["first_sentence", "alt_text", "both"] = "alt_text"
     alt_text_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # How an image is found usable (else dropped as undecodable_image): decode every pixel, or read its header,
+    # size and end marker only (enough for img2dataset's re-encoded output; see pipeline/image_check.py).
+    check_images: Literal["decode", "header"] = "decode"
+    # Processes reading raw tars and writing shards; the bytes written do not depend on it.
+    workers: int = Field(2, ge=1)

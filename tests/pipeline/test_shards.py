@@ -154,6 +154,43 @@ def test_two_runs_give_identical_bytes(tmp_path, request, fixture):
     assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
 
 
+def test_bytes_do_not_depend_on_the_number_of_workers(tmp_path):
+    """Eight raw tars, two shards written per split: one process and three give identical files."""
+    raw = make_raw(tmp_path / "raw", n=48)
+    keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 24, (s + 1) * 24)]
+    captions = make_captions(tmp_path / "captions", keys, filtered={"000000001"}, missing={"000000002"},
+                             per_image=2, rejected={("000000005", 0)})
+    for tar in sorted(raw.glob("*.tar")):  # split each raw shard in four, as img2dataset would write them
+        frame = pd.read_parquet(raw / f"{tar.stem}.parquet")
+        members = _read(tar)
+        for part in range(4):
+            stem = f"{int(tar.stem) * 4 + part + 10:05d}"
+            chosen = frame.iloc[part::4]
+            with tarfile.open(raw / f"{stem}.tar", "w") as archive:
+                for member, data in members:
+                    if member.name.split(".")[0] in set(chosen["key"]):
+                        _add(archive, member.name, data)
+            chosen.to_parquet(raw / f"{stem}.parquet")
+        tar.unlink()
+        (raw / f"{tar.stem}.parquet").unlink()
+    params = ShardParams(samples_per_shard=6, val_fraction=0.3)
+    one = shards.run(params, raw, captions, tmp_path / "one")
+    three = shards.run(params.model_copy(update={"workers": 3}), raw, captions, tmp_path / "three")
+    assert one == three and one["train_shards"] >= 2 and one["val_shards"] >= 2
+    assert one["dropped_undecodable_image"] == 1 and one["substituted_captions"] == 1
+    assert file_digests(tmp_path / "one") == file_digests(tmp_path / "three")
+
+
+@pytest.mark.parametrize("check", ["decode", "header"])
+def test_truncated_image_is_dropped_by_either_check(tmp_path, check):
+    raw = make_raw(tmp_path / "raw", bad_image=(), image=lambda i: _jpeg(i)[:-40] if i == 7 else _jpeg(i))
+    captions = make_captions(tmp_path / "captions", KEYS)
+    metrics = shards.run(ShardParams(check_images=check), raw, captions, tmp_path / "out")
+    assert metrics["dropped_undecodable_image"] == 1 and metrics["train"] + metrics["val"] == 10
+    index = pd.read_parquet(tmp_path / "out/index.parquet")
+    assert index.loc[index["fate"] == "undecodable_image", "key"].tolist() == ["000010007"]
+
+
 def test_short_text_rules():
     params = ShardParams(short_text="alt_text")
     assert shards.short_text(params, "u", "Long one. Two.", " alt ") == ("alt", "alt_text")

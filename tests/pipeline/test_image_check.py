@@ -1,0 +1,46 @@
+"""The two image checks: every pixel decoded, or the container's header, size and end."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import image_check
+
+
+def _encode(fmt: str, size=(24, 16), **options) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+FORMATS = {"jpeg": _encode("JPEG"), "progressive_jpeg": _encode("JPEG", progressive=True), "png": _encode("PNG"),
+           "webp_lossy": _encode("WEBP"), "webp_lossless": _encode("WEBP", lossless=True), "gif": _encode("GIF")}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("check", ["decode", "header"])
+def test_whole_images_pass(name, check):
+    assert image_check.CHECKS[check](FORMATS[name])
+
+
+@pytest.mark.parametrize("name", ["jpeg", "progressive_jpeg", "png", "webp_lossy", "webp_lossless"])
+def test_header_reads_the_pixel_size(name):
+    reader = {"jpeg": image_check.jpeg_size, "png": image_check.png_size, "webp": image_check.webp_size}[
+        name.split("_")[-1] if "jpeg" in name else name.split("_")[0]]
+    assert reader(FORMATS[name]) == (24, 16)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("check", ["decode", "header"])
+def test_truncated_and_foreign_bytes_fail(name, check):
+    data = FORMATS[name]
+    assert not image_check.CHECKS[check](data[: len(data) * 2 // 3])
+    assert not image_check.CHECKS[check](b"<html>not an image</html>")
+
+
+def test_header_refuses_a_decompression_bomb_without_decoding():
+    bomb = _encode("PNG", size=(1, 1))
+    ihdr_size = (100_000).to_bytes(4, "big") * 2  # claims 10^10 pixels; the checksum is not read
+    assert not image_check.header_ok(bomb[:16] + ihdr_size + bomb[24:])
