@@ -33,11 +33,29 @@ def _local_copies(value, root):
     return value
 
 
-def test_paper_profile_is_valid_once_its_paths_exist(tmp_path, params_file):
-    profile = _local_copies(yaml.safe_load((REPO / "configs/paper-30m.yaml").read_text()), tmp_path)
+PROFILES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _apply_with_local_paths(name, tmp_path, params_file):
+    """Apply configs/<name> with its /data/... and /models/... paths made to exist; returns the merged params."""
+    profile = _local_copies(yaml.safe_load((REPO / "configs" / name).read_text()), tmp_path)
     (tmp_path / "profile.yaml").write_text(yaml.safe_dump(profile))
     apply(tmp_path / "profile.yaml", params_file)
-    params = load_params(params_file)
+    return load_params(params_file)
+
+
+def test_profiles_are_found():
+    assert {"paper-30m.yaml", "gpu-smoke.yaml"} <= {path.name for path in PROFILES}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda path: path.name)
+def test_every_profile_is_valid_once_its_paths_exist(profile, tmp_path, params_file):
+    _apply_with_local_paths(profile.name, tmp_path, params_file)  # raises ParamsError naming any bad key
+    assert "# The embedded default" in params_file.read_text()  # comments survive
+
+
+def test_paper_profile_is_valid_once_its_paths_exist(tmp_path, params_file):
+    params = _apply_with_local_paths("paper-30m.yaml", tmp_path, params_file)
     assert params.download.distributor == "pyspark" and params.download.number_sample_per_shard == 10000
     assert params.caption.gpus == [str(i) for i in range(8)] and params.train.distributed.nproc_per_node == 8
     assert [b.name for b in params.evaluate.benchmarks][:2] == ["urban1k", "sharegpt4v_1k"]
@@ -51,3 +69,17 @@ def test_bad_profile_names_the_key_and_writes_nothing(tmp_path, params_file):
     with pytest.raises(ParamsError, match="download.thread_count: expected int, got 'lots'"):
         apply(tmp_path / "bad.yaml", params_file)
     assert params_file.read_text() == before
+
+
+def test_gpu_smoke_profile_validates_as_is(params_file):
+    """No path the schema checks: `--check` passes before the model snapshot is in place (vLLM checks it at start)."""
+    apply(REPO / "configs/gpu-smoke.yaml", params_file)
+    params = load_params(params_file)
+    assert params.source.kind == "toyworld" and params.source.toyworld.num_images == 1000
+    assert params.source.toyworld.image_size == params.download.image_size
+    assert params.caption.gpus == ["0"] and params.caption.server.kv_cache_memory_bytes is None
+    assert params.caption.server.gpu_memory_utilization and not params.caption.server.enforce_eager
+    assert (params.train.device, params.train.precision) == ("cuda", "bf16")
+    assert params.train.batch_size % params.train.num_workers == 0
+    train_images = params.source.toyworld.num_images * (1 - params.shard.val_fraction)
+    assert train_images // params.shard.samples_per_shard >= params.train.num_workers  # a shard per data worker
