@@ -1,7 +1,7 @@
 """DVC stage `source`: params `source` -> data/urls.parquet (url, uid, alt_text, ...) + metrics/source.json.
 
 kind `toyworld` renders the synthetic scenes into data/toyworld/ and lists them as file: URLs;
-kind `url_list` normalises a user's list (dropped rows counted by reason).
+kind `url_list` normalises a user's list (dropped rows counted by reason), streaming it into data/urls.parquet.
 """
 import shutil
 from pathlib import Path
@@ -21,10 +21,10 @@ def main() -> None:
     if params.kind == "toyworld":
         urls = toyworld.generate(params.toyworld, TOYWORLD_DIR)
         counts = {"rows": len(urls), "urls": len(urls)}
+        write_parquet(URLS, urls)
     else:
         TOYWORLD_DIR.mkdir(parents=True)  # declared out of the stage; empty for url lists
-        urls, counts = url_list.normalise(params.url_list)
-    write_parquet(URLS, urls)
+        counts = url_list.normalise(params.url_list, URLS)
     write_json(METRICS, {"kind": params.kind, **counts})
     print(f"source: {counts['urls']} urls -> {URLS}")
 
