@@ -6,8 +6,14 @@
   and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
 - Accounting comes from img2dataset's per-shard parquet (one row per URL, with status and error message); every
   failure is put in a named class, and the sums must equal the URL count or the stage fails.
+- `distributor: ray`: img2dataset submits one Ray task per shard to whatever Ray this process is connected to (it
+  does not connect itself, and without `ray` installed it silently does nothing). So the stage connects to
+  `RAY_ADDRESS` if set, else starts a local Ray instance of `processes_count` CPUs, and disconnects (or stops it)
+  afterwards. img2dataset does not retry a failed Ray shard; the accounting then fails the stage.
 """
+import contextlib
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -17,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +78,8 @@ def img2dataset_options(params: DownloadParams) -> dict:
             raise ParamsError(f"download.extra.{key}: not an img2dataset option")
         if key in reserved or key in options:
             raise ParamsError(f"download.extra.{key}: set by the pipeline or by its own key in `download`")
+    if params.distributor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ParamsError("download.distributor: ray is not installed (pip install -e '.[ray]')")
     return {**options, **params.extra}
 
 
@@ -128,11 +137,31 @@ def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def ray_session(processes_count: int) -> Iterator[None]:
+    """Be connected to Ray while img2dataset runs: to `RAY_ADDRESS` if set, else to a new local instance."""
+    import ray
+
+    if ray.is_initialized():  # the caller's connection: leave it open
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # "local", not None: None would join any cluster already running on this machine
+        ray.init(address="local", num_cpus=processes_count, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Path(".")) -> dict:
     """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting."""
     import img2dataset  # see img2dataset_options
 
     options = img2dataset_options(params)
+    distributed = ray_session(params.processes_count) if params.distributor == "ray" else contextlib.nullcontext()
     urls = pd.read_parquet(urls_path)
     prepare_output(out_dir, fingerprint(urls_path, options))
     urls["url"] = resolve_file_urls(urls["url"], root)
@@ -144,17 +173,18 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
         url_file = Path(tmp) / "urls.parquet"
         urls.to_parquet(url_file, index=False)
         start = time.perf_counter()
-        img2dataset.download(
-            url_list=str(url_file),
-            input_format="parquet",
-            url_col="url",
-            caption_col="alt_text",
-            save_additional_columns=extra_columns,
-            output_format="webdataset",
-            output_folder=str(out_dir),
-            incremental_mode="incremental",
-            enable_wandb=False,
-            **options,
-        )
+        with distributed:  # timed, like the Spark session img2dataset starts itself
+            img2dataset.download(
+                url_list=str(url_file),
+                input_format="parquet",
+                url_col="url",
+                caption_col="alt_text",
+                save_additional_columns=extra_columns,
+                output_format="webdataset",
+                output_folder=str(out_dir.resolve()),  # absolute: Ray workers run in their own folder
+                incremental_mode="incremental",
+                enable_wandb=False,
+                **options,
+            )
         seconds = time.perf_counter() - start
     return summarise(out_dir, len(urls), seconds)

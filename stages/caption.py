@@ -1,8 +1,9 @@
 """DVC stage `caption`: data/raw -> data/captions/<shard>.parquet + metrics/caption.json.
 
-Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`), writes `caption.captions_per_image`
-captions per image from as many distinct `caption.prompts` (chosen by the image key), filters the captions, and
-resumes shard by shard after a crash.
+Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`; with `caption.distributor: ray`, each of
+`caption.ray.workers` Ray workers starts its own), writes `caption.captions_per_image` captions per image from as
+many distinct `caption.prompts` (chosen by the image key), filters the captions, and resumes shard by shard after a
+crash.
 """
 from pathlib import Path
 

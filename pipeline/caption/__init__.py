@@ -1,1 +1,2 @@
-"""Captioning with an MLLM served by vLLM: server fleet, async client, caption filters, and the resumable run."""
+"""Captioning with an MLLM served by vLLM: server fleet, async client, caption filters, the resumable run, and
+its Ray distributor."""

@@ -7,6 +7,9 @@ the params that shape caption text (K among them) and the model's identity; when
 redone. Every caption row's status is `ok`, a rejection class, or `failed`, so the metrics' counts add up to
 `captions` = `images` x K.
 
+With `distributor: ray` the shards to do are captioned by Ray workers instead of this process's fleet
+(`pipeline/caption/ray_distributor.py`); everything else here is the same.
+
 Speed survives a resume: `out_dir/_runs.json` records, for every run of the current fingerprint that captioned
 anything, its seconds, images and tokens (updated as each shard is written, so a killed run counts too). The
 metrics' rates are over those runs; a rerun that only skips finished shards keeps them.
@@ -88,7 +91,8 @@ def fingerprint(params: CaptionParams) -> dict:
     return {"params": params.content_fingerprint(), "model": model_identity(params.model)}
 
 
-def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str) -> None:
+def shard_parquet(rows: list[CaptionResult], model: str) -> bytes:
+    """A shard's caption rows as parquet bytes, sorted by (key, caption_index)."""
     rows = sorted(rows, key=lambda r: (r.key, r.caption_index))
     table = pa.Table.from_pydict({
         "key": [r.key for r in rows],
@@ -102,7 +106,11 @@ def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str
     }, schema=SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_bytes(out_dir / f"{shard}.parquet", sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
+
+
+def write_shard(out_dir: Path, shard: str, rows: list[CaptionResult], model: str) -> None:
+    write_bytes(out_dir / f"{shard}.parquet", shard_parquet(rows, model))
 
 
 def expected_rows(keys: list[str], captions_per_image: int) -> list[tuple[str, int]]:
@@ -195,6 +203,8 @@ def count_statuses(out_dir: Path, shards: list[str]) -> dict:
 
 def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path, log_dir: Path) -> dict:
     """Caption every image shard in raw_dir not yet captioned in out_dir; write and return the metrics."""
+    if params.distributor == "ray":  # first: without ray installed this fails before any work
+        from pipeline.caption.ray_distributor import caption_on_ray
     raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
     tars = {p.stem: p for p in sorted(raw_dir.glob("*.tar"))}
     keys = {shard: image_keys(path, params.image_extensions) for shard, path in tars.items()}
@@ -212,8 +222,11 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
     stats = {"tokens": 0, "transient_retries": 0}
     record = RunRecord(out_dir)
     if todo:
-        with VllmFleet(params, log_dir) as endpoints:
-            stats = asyncio.run(caption_shards(params, endpoints, todo, keys, out_dir, record))
+        if params.distributor == "ray":
+            stats = caption_on_ray(params, todo, keys, out_dir, log_dir, record)
+        else:
+            with VllmFleet(params, log_dir) as endpoints:
+                stats = asyncio.run(caption_shards(params, endpoints, todo, keys, out_dir, record))
         record.save(tokens=stats["tokens"])  # with server start and stop, and the tokens of retried requests
     seconds = time.monotonic() - started
     captioned = sum(len(keys[s]) for s in todo)
@@ -238,6 +251,8 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
         "captions_per_s": round(work["images"] * per_image / work["seconds"], 3) if work["seconds"] else 0.0,
         "tokens_per_s": round(work["tokens"] / work["seconds"], 3) if work["seconds"] else 0.0,
     }
+    if "ray" in stats:
+        metrics["ray"] = stats["ray"]
     quality = caption_quality(raw_dir, out_dir, list(tars))
     if quality is not None:
         metrics["quality"] = quality

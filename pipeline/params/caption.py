@@ -1,5 +1,6 @@
 """The `caption:` params section: which MLLM, how it is served, how it is asked, and which captions are kept."""
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -56,6 +57,28 @@ class Filters(Section):
         return patterns
 
 
+# host:port, ray://host:port or [v6 address]:port
+RAY_ADDRESS_FORMAT = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[^:/\s\[\]]+):\d+$")
+
+
+class RayOptions(Section):
+    """`distributor: ray`: `workers` Ray actors each start their own vLLM servers (num_servers of them) on their node
+    and caption whole shards; a worker that dies has its shard redone by another and is replaced."""
+
+    address: str | None = None  # None: RAY_ADDRESS if set, else a new local Ray instance
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: int = Field(0, ge=0)  # Ray sets each worker's CUDA_VISIBLE_DEVICES; its servers split them
+    startup_timeout_s: float = Field(600, gt=0)  # to wait for a worker to be placed and serving, while none is
+    max_worker_failures: int = Field(3, ge=0)  # worker losses tolerated before the stage fails
+
+    @field_validator("address")
+    @classmethod
+    def address_is_host_port(cls, address: str | None) -> str | None:
+        if address not in (None, "auto") and not RAY_ADDRESS_FORMAT.match(address):
+            raise ValueError(f"{address!r} is not host:port, ray://host:port or auto")
+        return address
+
+
 class CaptionParams(Section):
     """Every knob of the caption stage. Relative paths are relative to the repository root (DVC's working dir)."""
 
@@ -80,6 +103,8 @@ class CaptionParams(Section):
     filters: Filters = Filters()
     retry_rejected_with_other_prompt: bool = True
     image_extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
+    distributor: Literal["local", "ray"] = "local"  # local: servers on this machine; ray: see RayOptions
+    ray: RayOptions = RayOptions()
 
     @field_validator("prompts")
     @classmethod
@@ -113,6 +138,23 @@ class CaptionParams(Section):
             raise ValueError(
                 f"gpus: {len(self.gpus)} listed, but num_servers ({self.num_servers}) x "
                 f"server.tensor_parallel_size ({self.server.tensor_parallel_size}) = {needed}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def ray_places_the_servers(self) -> "CaptionParams":
+        if self.distributor != "ray":
+            return self
+        if self.endpoints:
+            raise ValueError("endpoints: distributor ray starts the servers on its workers; endpoints need "
+                             "distributor: local")
+        if self.gpus:
+            raise ValueError("gpus: with distributor ray, Ray gives each worker its GPUs: set ray.gpus_per_worker")
+        needed = self.num_servers * self.server.tensor_parallel_size
+        if self.ray.gpus_per_worker not in (0, needed):
+            raise ValueError(
+                f"ray.gpus_per_worker: {self.ray.gpus_per_worker}, but each worker's num_servers "
+                f"({self.num_servers}) x server.tensor_parallel_size ({self.server.tensor_parallel_size}) = {needed}"
             )
         return self
 

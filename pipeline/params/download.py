@@ -19,6 +19,7 @@ class DownloadParams(Section):
     timeout: int = Field(10, ge=1)
     retries: int = Field(0, ge=0)
     number_sample_per_shard: int = Field(500, ge=1)
+    # pyspark: the active SparkSession or a local one; ray: the cluster at RAY_ADDRESS or a local instance.
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
     min_image_size: int = Field(0, ge=0)
     # Decompression-bomb guard on the original image (Pillow's own default limit, in pixels).

@@ -1,4 +1,5 @@
 """The download stage runs real img2dataset against a real loopback HTTP server; every URL is accounted for."""
+import importlib.util
 import io
 import json
 import tarfile
@@ -149,12 +150,34 @@ def test_failure_classes(message, name):
     assert download.failure_class(message) == name
 
 
-@pytest.mark.slow
-def test_pyspark_local_mode(tmp_path, http_server):
+def _nine_urls_one_gone(tmp_path, http_server, distributor):
+    """8 images and a 404 through a distributor: 3 shards of 3, the failure counted by class."""
     base, routes = http_server
     routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
     urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(8)] + [f"{base}/gone.jpg"])
     params = DownloadParams(image_size=32, processes_count=2, thread_count=2, number_sample_per_shard=3,
-                            distributor="pyspark")
+                            distributor=distributor)
     summary = download.run(params, urls, tmp_path / "raw")
     assert summary["success"] == 8 and summary["failures"] == {"http_404": 1} and summary["shards"] == 3
+
+
+@pytest.mark.slow
+def test_pyspark_local_mode(tmp_path, http_server):
+    _nine_urls_one_gone(tmp_path, http_server, "pyspark")
+
+
+def test_ray_missing_is_named_before_any_work(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    with pytest.raises(ParamsError, match=r"download.distributor: ray is not installed"):
+        download.img2dataset_options(DownloadParams(distributor="ray"))
+
+
+@pytest.mark.slow
+def test_ray_local_instance(tmp_path, http_server, monkeypatch):
+    """Without RAY_ADDRESS the stage starts a local Ray instance, runs img2dataset's Ray tasks on it, stops it."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _nine_urls_one_gone(tmp_path, http_server, "ray")
+    assert not ray.is_initialized(), "the local instance is stopped afterwards"

@@ -1,0 +1,40 @@
+"""The caption section's distributor keys: bad values fail at load, naming the key."""
+import pytest
+
+from pipeline.params import ParamsError, parse_params
+
+
+def caption(**values) -> dict:
+    return {"caption": values}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (caption(distributor="slurm"), "caption.distributor: input should be 'local' or 'ray'"),
+    (caption(distributor="ray", ray={"address": "head-node"}),
+     "caption.ray.address: 'head-node' is not host:port, ray://host:port or auto"),
+    (caption(distributor="ray", ray={"workers": 0}), "caption.ray.workers: input should be greater than or equal to 1"),
+    (caption(distributor="ray", ray={"gpus_per_worker": "1"}), "caption.ray.gpus_per_worker: expected int, got '1'"),
+    (caption(distributor="ray", ray={"nodes": 2}), "caption.ray.nodes: unknown key"),
+    (caption(distributor="ray", endpoints=["http://h:8000"]),
+     "caption.endpoints: distributor ray starts the servers on its workers"),
+    (caption(distributor="ray", gpus=["0"]), "caption.gpus: with distributor ray, Ray gives each worker its GPUs"),
+    (caption(distributor="ray", num_servers=2, ray={"gpus_per_worker": 1}),
+     "caption.ray.gpus_per_worker: 1, but each worker's num_servers (2) x server.tensor_parallel_size (1) = 2"),
+])
+def test_bad_distributor_params_name_the_key(raw, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("address", [None, "auto", "10.0.0.5:6379", "ray://head:10001", "[::1]:6379"])
+def test_ray_addresses_accepted(address):
+    params = parse_params(caption(distributor="ray", num_servers=2, ray={"address": address, "gpus_per_worker": 2}))
+    assert params.caption.ray.address == address
+
+
+def test_distributor_is_not_part_of_the_caption_fingerprint():
+    """Moving the same captioning onto Ray does not redo finished captions."""
+    local = parse_params({}).caption
+    on_ray = parse_params(caption(distributor="ray", ray={"workers": 4})).caption
+    assert local.content_fingerprint() == on_ray.content_fingerprint()
