@@ -4,12 +4,15 @@
 - Repo-relative `file:` URLs (the toy world's) are made absolute for the workers, whatever their working folder.
 - Resumable: img2dataset's incremental mode skips shards whose stats file exists; a fingerprint of the URL list
   and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
+- Speed survives a resume: `runs.jsonl` in the folder records the seconds and successes of every run that
+  finished a shard, and `images_per_s` is over those runs (a rerun that skips every shard keeps it).
 - Accounting comes from img2dataset's per-shard parquet (one row per URL, with status and error message); every
   failure is put in a named class, and the sums must equal the URL count or the stage fails.
 - `distributor: ray`: img2dataset submits one Ray task per shard to whatever Ray this process is connected to (it
   does not connect itself, and without `ray` installed it silently does nothing). So the stage connects to
-  `RAY_ADDRESS` if set, else starts a local Ray instance of `processes_count` CPUs, and disconnects (or stops it)
-  afterwards. img2dataset does not retry a failed Ray shard; the accounting then fails the stage.
+  `RAY_ADDRESS` if set (failing fast when it does not answer, pipeline/ray_session.py), else starts a local Ray
+  instance of `processes_count` CPUs, and disconnects (or stops it) afterwards. img2dataset does not retry a failed
+  Ray shard; the accounting then fails the stage.
 """
 import contextlib
 import hashlib
@@ -23,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -31,10 +33,12 @@ import pandas as pd
 from pipeline.outputs import write_bytes
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
+from pipeline.ray_session import ray_session
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 
 FINGERPRINT = "fingerprint.txt"  # not *.json: img2dataset reads every *.json in the folder as a finished shard
+RUNS = "runs.jsonl"  # the same: one line per run of this fingerprint that downloaded a shard
 
 # (class, pattern on img2dataset's error_message), first match wins; HTTP codes become http_<code>.
 FAILURE_CLASSES = [
@@ -107,8 +111,25 @@ def prepare_output(out_dir: Path, expected: str) -> None:
     write_bytes(marker, expected.encode())
 
 
-def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
-    """Sum img2dataset's per-shard records into one accounting; raise if any URL is unaccounted for."""
+def finished_shards(out_dir: Path) -> dict[str, int]:
+    """Shard stats file -> its successes, for every shard img2dataset finished."""
+    return {p.name: json.loads(p.read_text())["successes"] for p in sorted(out_dir.glob("*_stats.json"))}
+
+
+def record_run(out_dir: Path, before: dict[str, int], seconds: float) -> list[dict]:
+    """Append this run to the folder's run history if it finished a shard; returns every recorded run."""
+    path = out_dir / RUNS
+    runs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    new = {name: n for name, n in finished_shards(out_dir).items() if name not in before}
+    if new:
+        runs.append({"seconds": round(seconds, 3), "images": sum(new.values()), "shards": len(new)})
+        write_bytes(path, "".join(json.dumps(run, sort_keys=True) + "\n" for run in runs).encode())
+    return runs
+
+
+def summarise(out_dir: Path, url_count: int, seconds: float, runs: list[dict]) -> dict:
+    """Sum img2dataset's per-shard records into one accounting; raise if any URL is unaccounted for. Speed is
+    over the `runs` that downloaded something, so a resume does not inflate it."""
     shards = sorted(p for p in out_dir.glob("*.parquet"))
     records = pd.concat([pd.read_parquet(p, columns=["status", "error_message"]) for p in shards]) if shards \
         else pd.DataFrame(columns=["status", "error_message"])
@@ -116,6 +137,7 @@ def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
     success = int((records["status"] == "success").sum())
     failed = records[records["status"] != "success"]
     failures = Counter(failure_class(m) for m in failed["error_message"])
+    worked_s, worked_images = sum(r["seconds"] for r in runs), sum(r["images"] for r in runs)
     summary = {
         "urls": url_count,
         "success": success,
@@ -124,8 +146,10 @@ def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
         "failed_to_resize": int((records["status"] == "failed_to_resize").sum()),
         "failures": dict(sorted(failures.items())),
         "shards": len(stats),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(success / seconds, 2) if seconds > 0 else 0.0,
+        "working_runs": len(runs),
+        "seconds": round(worked_s, 3),
+        "seconds_this_run": round(seconds, 3),
+        "images_per_s": round(worked_images / worked_s, 2) if worked_s > 0 else 0.0,
     }
     stats_total = sum(s["count"] for s in stats)
     if not (len(records) == stats_total == url_count and success + sum(failures.values()) == url_count):
@@ -137,31 +161,13 @@ def summarise(out_dir: Path, url_count: int, seconds: float) -> dict:
     return summary
 
 
-@contextlib.contextmanager
-def ray_session(processes_count: int) -> Iterator[None]:
-    """Be connected to Ray while img2dataset runs: to `RAY_ADDRESS` if set, else to a new local instance."""
-    import ray
-
-    if ray.is_initialized():  # the caller's connection: leave it open
-        yield
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:  # "local", not None: None would join any cluster already running on this machine
-        ray.init(address="local", num_cpus=processes_count, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Path(".")) -> dict:
     """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting."""
     import img2dataset  # see img2dataset_options
 
     options = img2dataset_options(params)
-    distributed = ray_session(params.processes_count) if params.distributor == "ray" else contextlib.nullcontext()
+    distributed = (ray_session(None, None, num_cpus=params.processes_count)
+                   if params.distributor == "ray" else contextlib.nullcontext())
     urls = pd.read_parquet(urls_path)
     prepare_output(out_dir, fingerprint(urls_path, options))
     urls["url"] = resolve_file_urls(urls["url"], root)
@@ -172,6 +178,7 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
     with tempfile.TemporaryDirectory(prefix="fixclip-download-") as tmp:
         url_file = Path(tmp) / "urls.parquet"
         urls.to_parquet(url_file, index=False)
+        before = finished_shards(out_dir)
         start = time.perf_counter()
         with distributed:  # timed, like the Spark session img2dataset starts itself
             img2dataset.download(
@@ -187,4 +194,4 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
                 **options,
             )
         seconds = time.perf_counter() - start
-    return summarise(out_dir, len(urls), seconds)
+    return summarise(out_dir, len(urls), seconds, record_run(out_dir, before, seconds))

@@ -24,13 +24,9 @@ a CPU torch (PLATFORM.md). The project keeps vLLM in its own environment and tal
 prompts, seeds, filters and retries run on a laptop and on the cluster, and any vLLM version (or GPU build) can serve.
 """
 import asyncio
-import contextlib
 import os
-import socket
 import sys
-import threading
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,67 +36,13 @@ from pipeline.caption.run import RunRecord, expected_rows, finished_rows, read_i
 from pipeline.outputs import write_bytes
 from pipeline.params import ParamsError
 from pipeline.params.caption import CaptionParams, RayOptions
+from pipeline.ray_session import RayClusterError, ray_session
 
 try:
     import ray
     from ray.exceptions import RayActorError
 except ModuleNotFoundError:
     raise ParamsError("caption.distributor: ray is not installed (pip install -e '.[ray]')") from None
-
-PROBE_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 45.0
-
-
-class RayClusterError(RuntimeError):
-    """The Ray cluster cannot be reached, cannot host a worker, or lost too many workers."""
-
-
-def probe(address: str, key: str) -> None:
-    """Fail fast, naming `key`, when nothing listens at a `host:port` or `ray://host:port` address."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
-    except (OSError, ValueError) as err:
-        raise RayClusterError(f"{key}: no Ray cluster reachable at {address!r} ({err})") from None
-
-
-def join(address: str, key: str) -> None:
-    """ray.init(address) within CONNECT_TIMEOUT_S: Ray itself retries an unanswering address for minutes."""
-    if address != "auto":
-        probe(address, key)
-    outcome: dict = {}
-
-    def connect() -> None:
-        try:
-            ray.init(address=address)
-        except Exception as err:  # noqa: BLE001 (reported below, with the key)
-            outcome["error"] = err
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(CONNECT_TIMEOUT_S)
-    if thread.is_alive() or "error" in outcome:
-        reason = outcome.get("error") or f"no answer within {CONNECT_TIMEOUT_S:g} s"
-        raise RayClusterError(f"{key}: cannot join the Ray cluster at {address!r}: {reason}")
-
-
-@contextlib.contextmanager
-def ray_cluster(options: RayOptions) -> Iterator[None]:
-    """Be connected to Ray: to an existing connection, the given address, RAY_ADDRESS, or a new local instance."""
-    if ray.is_initialized():  # the caller's connection: leave it open
-        yield
-        return
-    if options.address:
-        join(options.address, "caption.ray.address")
-    elif os.environ.get("RAY_ADDRESS"):
-        join(os.environ["RAY_ADDRESS"], "RAY_ADDRESS (caption.ray.address is null)")
-    else:  # "local", not None: None would join any cluster already running on this machine
-        ray.init(address="local", include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
 
 def check_resources(options: RayOptions) -> None:
     """A worker asking for GPUs must fit on some node, or it would wait forever."""
@@ -285,6 +227,6 @@ def caption_on_ray(
     record: RunRecord,
 ) -> dict:
     """Caption the shards in `todo` on Ray workers; returns the counters run.py expects, plus `ray`."""
-    with ray_cluster(params.ray):
+    with ray_session(params.ray.address, "caption.ray.address"):
         check_resources(params.ray)
         return Dispatch(params, todo, keys, Path(out_dir), Path(log_dir), record).run()

@@ -122,6 +122,11 @@ def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, htt
     summary = download.run(params, urls, out)
     assert summary["success"] == 6
     assert (out / "00000.tar").stat().st_mtime_ns == finished  # not downloaded again
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(r["images"], r["shards"]) for r in runs] == [(6, 2), (3, 1)], "the redone shard is work done again"
+    assert summary["images_per_s"] == round(9 / sum(r["seconds"] for r in runs), 2)
+    idle = download.run(params, urls, out)  # every shard finished: nothing downloaded, the speed stays
+    assert idle["working_runs"] == 2 and idle["images_per_s"] == summary["images_per_s"]
 
     summary = download.run(params.model_copy(update={"image_size": 24}), urls, out)
     records, members = _read_shards(out)
@@ -171,6 +176,17 @@ def test_ray_missing_is_named_before_any_work(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(ParamsError, match=r"download.distributor: ray is not installed"):
         download.img2dataset_options(DownloadParams(distributor="ray"))
+
+
+def test_ray_address_that_does_not_answer_fails_fast(tmp_path, http_server, monkeypatch):
+    """RAY_ADDRESS pointing at a closed port is named at once, before img2dataset starts (Ray would retry)."""
+    from pipeline.caption.fleet import free_port
+    from pipeline.ray_session import RayClusterError
+
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port('127.0.0.1')}")
+    with pytest.raises(RayClusterError, match=r"RAY_ADDRESS: no Ray cluster reachable"):
+        _nine_urls_one_gone(tmp_path, http_server, "ray")
+    assert not list((tmp_path / "raw").glob("*.tar"))
 
 
 @pytest.mark.slow
