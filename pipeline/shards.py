@@ -7,7 +7,7 @@ mtime 0, uid/gid 0 and empty owner names, and image bytes are copied as download
 Three steps: `workers` processes read the raw tars (member offsets, and the image check of every image with an ok
 caption); this process joins images, records and captions into the index and fixes every shard's samples; then
 the workers write the shards, copying image bytes from the raw tars by offset. Image bytes are never all in
-memory, and the bytes written do not depend on `workers`.
+memory, and the bytes written do not depend on `workers` or on `distributor` (local processes or Ray tasks).
 
 An image may have K captions (the caption stage's `captions_per_image`, read here from the caption rows). It is
 kept if any is `ok`; `long.txt` is the first ok one. When K > 1 a sample also holds `long_0.txt` .. `long_{K-1}.txt`:
@@ -29,6 +29,7 @@ from pipeline.image_check import CHECKS
 from pipeline.outputs import atomic_path, write_parquet
 from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
+from pipeline.ray_session import ray_session
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
@@ -193,13 +194,31 @@ def drop_reason(captions: list[dict] | None) -> str | None:
     return None
 
 
-def parallel_map(function, jobs: list[tuple], workers: int, desc: str) -> list:
-    """`function(*job)` for every job, in job order, in `workers` processes (in this one when 1)."""
+def parallel_map(function, jobs: list[tuple], params: ShardParams, desc: str) -> list:
+    """`function(*job)` for every job, in job order: in this process (1 worker), `workers` local processes, or Ray
+    tasks (`distributor: ray`)."""
     progress = dict(total=len(jobs), desc=desc, unit="tar")
-    if workers == 1 or len(jobs) < 2:
+    if params.distributor == "ray":
+        return ray_map(function, jobs, params.workers, progress)
+    if params.workers == 1 or len(jobs) < 2:
         return [function(*job) for job in tqdm(jobs, **progress)]
-    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+    with ProcessPoolExecutor(min(params.workers, len(jobs))) as pool:
         return list(tqdm(pool.map(function, *zip(*jobs)), **progress))
+
+
+def ray_map(function, jobs: list[tuple], workers: int, progress: dict) -> list:
+    """The jobs as Ray tasks (1 CPU each), results in job order; Ray retries a task whose worker died."""
+    import ray
+
+    with ray_session(None, None, num_cpus=workers):
+        remote = ray.remote(num_cpus=1)(function)
+        pending = [remote.remote(*job) for job in jobs]
+        with tqdm(**progress) as bar:
+            waiting = list(pending)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                bar.update(len(done))
+        return ray.get(pending)
 
 
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
@@ -259,7 +278,7 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.Dat
     empty_records, empty_captions = records.iloc[:0], captions.iloc[:0]
     jobs = [(tar, records_by_shard.get(tar.stem, empty_records), captions_by_shard.get(tar.stem, empty_captions),
              params, per_image) for tar in tars]
-    entries = [entry for part in parallel_map(plan_raw_tar, jobs, params.workers, "shard: read raw") for entry in part]
+    entries = [entry for part in parallel_map(plan_raw_tar, jobs, params, "shard: read raw") for entry in part]
     index = pd.DataFrame(entries, columns=["key", "uid", "raw_shard", "substituted", "order", "fate", "long",
                                            "short", "per_caption", "meta", "image"])
     if index["uid"].duplicated().any():
@@ -311,7 +330,7 @@ def write(index: pd.DataFrame, out_dir: Path, params: ShardParams) -> dict:
             jobs.append((folder / name, samples))
             column[part.index] = f"{split}/{name}"
         shard_counts[split] = len(starts)
-    parallel_map(write_shard, jobs, params.workers, "shard: write")
+    parallel_map(write_shard, jobs, params, "shard: write")
     listing = index[["uid", "key", "raw_shard", "fate"]].assign(shard=column)
     write_parquet(out_dir / "index.parquet", listing)
     return shard_counts

@@ -24,3 +24,6 @@ class ShardParams(Section):
     check_images: Literal["decode", "header"] = "decode"
     # Processes reading raw tars and writing shards; the bytes written do not depend on it.
     workers: int = Field(2, ge=1)
+    # Where those run: local processes, or Ray tasks (RAY_ADDRESS, else a local instance of `workers` CPUs); every
+    # node must see data/ at the same path.
+    distributor: Literal["local", "ray"] = "local"

@@ -154,8 +154,9 @@ def test_two_runs_give_identical_bytes(tmp_path, request, fixture):
     assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
 
 
-def test_bytes_do_not_depend_on_the_number_of_workers(tmp_path):
-    """Eight raw tars, two shards written per split: one process and three give identical files."""
+@pytest.fixture
+def eight_raw_tars(tmp_path):
+    """make_raw's two shards split in four each, two captions per image (one rejected, one image undecodable)."""
     raw = make_raw(tmp_path / "raw", n=48)
     keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 24, (s + 1) * 24)]
     captions = make_captions(tmp_path / "captions", keys, filtered={"000000001"}, missing={"000000002"},
@@ -173,12 +174,33 @@ def test_bytes_do_not_depend_on_the_number_of_workers(tmp_path):
             chosen.to_parquet(raw / f"{stem}.parquet")
         tar.unlink()
         (raw / f"{tar.stem}.parquet").unlink()
-    params = ShardParams(samples_per_shard=6, val_fraction=0.3)
+    return raw, captions
+
+
+def test_bytes_do_not_depend_on_the_number_of_workers(tmp_path, eight_raw_tars):
+    """Eight raw tars, at least two shards written per split: one process and three give identical files."""
+    raw, captions = eight_raw_tars
+    params = ShardParams(samples_per_shard=6, val_fraction=0.3, workers=1)
     one = shards.run(params, raw, captions, tmp_path / "one")
     three = shards.run(params.model_copy(update={"workers": 3}), raw, captions, tmp_path / "three")
     assert one == three and one["train_shards"] >= 2 and one["val_shards"] >= 2
     assert one["dropped_undecodable_image"] == 1 and one["substituted_captions"] == 1
     assert file_digests(tmp_path / "one") == file_digests(tmp_path / "three")
+
+
+@pytest.mark.slow
+def test_ray_tasks_write_the_same_bytes(tmp_path, eight_raw_tars, monkeypatch):
+    """distributor: ray on a local Ray instance (2 CPUs) writes what one local process writes."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    raw, captions = eight_raw_tars
+    params = ShardParams(samples_per_shard=6, val_fraction=0.3, workers=1)
+    local = shards.run(params, raw, captions, tmp_path / "local")
+    on_ray = shards.run(params.model_copy(update={"distributor": "ray", "workers": 2}), raw, captions,
+                        tmp_path / "ray")
+    assert local == on_ray and file_digests(tmp_path / "local") == file_digests(tmp_path / "ray")
+    assert not ray.is_initialized(), "the local instance is stopped afterwards"
 
 
 @pytest.mark.parametrize("check", ["decode", "header"])
