@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report test envs ablation methods
+.PHONY: repro report test envs ablation methods bench
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -69,3 +69,8 @@ $(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 	$(VLLM_VENV)/bin/pip install -q '$(VLLM_SPEC)'
 	$(VLLM_VENV)/bin/python .ci/vllm_env_fix.py
 	touch $@
+
+# Every bench/ script side by side with its anchor, plus dvc repro timings: one table and metrics/bench.json
+# (README "Tests and benchmarks"). Not part of `make test`. Options: make bench BENCH_ARGS="--only shard --quick".
+bench: envs
+	python -m bench $(BENCH_ARGS)

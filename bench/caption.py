@@ -1,13 +1,17 @@
-"""Caption stage images/s vs vLLM offline inference, same model, images, prompts and sampling, in one run.
+"""Caption stage images/s vs vLLM offline inference and vs a bare `openai` client, same model, images, prompts and
+sampling, in one run.
 
-    .venv/bin/python bench/caption.py [--images 128] [--repeats 6] [--concurrency N]
+    .venv/bin/python bench/caption.py [--images 128] [--repeats 6] [--concurrency N] [--max-num-seqs N]
 
-Side A: `pipeline.caption.run.run` (tar reading, our async client, parquet writing) against one vLLM server that
-`VllmFleet` starts with the caption params' server options. Side B: the same requests through vLLM's offline
-`LLM.chat` (i.e. `LLM.generate` after the same chat template), in a subprocess of the vLLM environment, with the
-same engine options and per-image prompt and seed. Both engines stay loaded; after a warm-up pass each, the timed
-passes alternate (A B, B A, ...) so that noise from other work on the machine hits both sides alike. Medians and
-their ratio are printed (goal >= 0.90), plus how many captions both sides agree on.
+Side A: `pipeline.caption.run.run` (tar reading, our async client, filters, parquet writing) against one vLLM
+server that `VllmFleet` starts with the caption params' server options. Side B: the same requests through vLLM's
+offline `LLM.chat` (i.e. `LLM.generate` after the same chat template), in a subprocess of the vLLM environment, with
+the same engine options and per-image prompt and seed. Side C: the same requests, prebuilt, sent to the same server
+by a bare `openai.AsyncOpenAI` loop with the same number in flight (a subprocess of the vLLM environment, which has
+the `openai` package). B - C is what serving over HTTP costs (vLLM's front end); C - A is what our client adds.
+Engines stay loaded; after a warm-up pass each, the timed passes rotate their order so that noise from other work
+on the machine hits every side alike. Medians and ratios are printed (goals: A/B >= 0.90, A/C >= 0.95), plus how
+many captions the sides agree on.
 """
 import argparse
 import io
@@ -25,6 +29,39 @@ REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 if __name__ == "__main__" and "--offline" not in sys.argv:
     sys.path.insert(0, str(REPO))
+
+
+def bare_client_side(spec_path: Path) -> None:
+    """Runs in the vLLM environment: one `openai` chat request per image against the server, `concurrency` in
+    flight, one timed pass per `run` line on stdin."""
+    import asyncio
+
+    import openai
+
+    spec = json.loads(spec_path.read_text())
+
+    async def one_pass() -> dict[str, str]:
+        client = openai.AsyncOpenAI(base_url=f"{spec['url']}/v1", api_key="unused", max_retries=0, timeout=600)
+        in_flight = asyncio.Semaphore(spec["concurrency"])
+
+        async def request(r: dict) -> tuple[str, str]:
+            async with in_flight:
+                response = await client.chat.completions.create(
+                    model=spec["served_model_name"], seed=r["seed"], **spec["sampling"],
+                    messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": r["image_url"]}},
+                                                          {"type": "text", "text": r["prompt"]}]}])
+            return r["key"], (response.choices[0].message.content or "").strip()
+
+        async with client:
+            return dict(await asyncio.gather(*map(request, spec["requests"])))
+
+    captions = asyncio.run(one_pass())
+    print("BENCH_READY", flush=True)
+    for _ in iter(sys.stdin.readline, ""):
+        started = time.perf_counter()
+        captions = asyncio.run(one_pass())
+        print(f"BENCH_SECONDS {time.perf_counter() - started}", flush=True)
+    print("BENCH_CAPTIONS " + json.dumps(captions), flush=True)
 
 
 def offline_side(spec_path: Path) -> None:
@@ -50,16 +87,17 @@ def offline_side(spec_path: Path) -> None:
     print("BENCH_CAPTIONS " + json.dumps(captions), flush=True)
 
 
-class OfflineEngine:
-    """The offline side as a subprocess of the vLLM environment, driven one timed pass at a time."""
+class Sidecar:
+    """A side run as a subprocess of the vLLM environment (`--offline` or `--bare-client`), driven one timed pass at
+    a time."""
 
-    def __init__(self, params, spec: dict, work: Path):
-        spec_path = work / "offline_spec.json"
+    def __init__(self, params, spec: dict, work: Path, mode: str):
+        spec_path = work / f"{mode.strip('-')}_spec.json"
         spec_path.write_text(json.dumps(spec))
         env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        self.log = open(work / "offline.log", "w")
+        self.log = open(work / f"{mode.strip('-')}.log", "w")
         self.proc = subprocess.Popen(
-            [str(Path(params.python).absolute()), str(Path(__file__).resolve()), "--offline", str(spec_path)],
+            [str(Path(params.python).absolute()), str(Path(__file__).resolve()), mode, str(spec_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO, env=env,
         )
         self.expect("BENCH_READY")
@@ -69,7 +107,7 @@ class OfflineEngine:
             if line.startswith(prefix):
                 return line.removeprefix(prefix).strip()
         self.proc.wait()
-        sys.exit(f"offline side exited ({self.proc.returncode}); see {self.log.name}")
+        sys.exit(f"side {self.proc.args[2]} exited ({self.proc.returncode}); see {self.log.name}")
 
     def timed_pass(self) -> float:
         self.proc.stdin.write("run\n")
@@ -146,49 +184,67 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--concurrency", type=int, help="requests in flight per server (default: caption params)")
+    parser.add_argument("--max-num-seqs", type=int, help="the engines' max_num_seqs (default: caption params)")
     parser.add_argument("--offline", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-client", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.offline:
-        offline_side(args.offline)
+    if args.offline or args.bare_client:
+        offline_side(args.offline) if args.offline else bare_client_side(args.bare_client)
         return
 
     import pyarrow.parquet as pq
 
+    from bench.report import emit
     from pipeline.params.caption import CaptionParams
     from pipeline.caption.fleet import VllmFleet
 
     params = CaptionParams(model=str(REPO / "assets/tiny_llava/model"), python=str(REPO / ".venv-vllm/bin/python"))
     if args.concurrency:
         params = params.model_copy(update={"concurrency": args.concurrency})
+    if args.max_num_seqs:
+        params = params.model_copy(update={"server": params.server.model_copy(update={"max_num_seqs":
+                                                                                       args.max_num_seqs})})
 
     with tempfile.TemporaryDirectory(prefix="caption_bench_") as tmp:
         work = Path(tmp)
         images = write_raw_shard(work / "raw", args.images)
-        offline = OfflineEngine(params, offline_spec(params, images), work)
-        stage_times, offline_times = [], []
+        spec = offline_spec(params, images)
+        offline = Sidecar(params, spec, work, "--offline")
+        times = {"stage": [], "offline": [], "bare": []}
         with VllmFleet(params, work / "logs") as urls:
             served = params.model_copy(update={"endpoints": urls})
             stage_pass(served, work / "raw", work / "warmup")
+            bare = Sidecar(params, spec | {"url": urls[0], "concurrency": params.concurrency,
+                                           "served_model_name": params.served_model_name}, work, "--bare-client")
+            passes = {"stage": lambda out: stage_pass(served, work / "raw", out),
+                      "offline": lambda out: offline.timed_pass(), "bare": lambda out: bare.timed_pass()}
+            order = list(passes)
             for repeat in range(args.repeats):
                 out = work / f"captions{repeat}"
-                if repeat % 2:
-                    offline_times.append(offline.timed_pass())
-                    stage_times.append(stage_pass(served, work / "raw", out))
-                else:
-                    stage_times.append(stage_pass(served, work / "raw", out))
-                    offline_times.append(offline.timed_pass())
+                for side in order[repeat % 3:] + order[:repeat % 3]:
+                    times[side].append(passes[side](out))
+            bare_captions = bare.finish()
         offline_captions = offline.finish()
         rows = pq.read_table(out / "00000.parquet").to_pylist()
         stage_captions = {row["key"]: row["caption"] for row in rows}
-    stage_rate = args.images / statistics.median(stage_times)
-    offline_rate = args.images / statistics.median(offline_times)
-    same = sum(stage_captions[k] == offline_captions.get(k) for k in stage_captions)
+    rate = {side: args.images / statistics.median(t) for side, t in times.items()}
     print(f"images: {args.images}, max_tokens: {params.sampling.max_tokens}, "
           f"concurrency: {params.concurrency}, max_num_seqs: {params.server.max_num_seqs}")
-    print(f"caption stage (client + server): {stage_rate:8.2f} images/s  runs {[round(t, 2) for t in stage_times]}")
-    print(f"vLLM offline LLM.chat:           {offline_rate:8.2f} images/s  runs {[round(t, 2) for t in offline_times]}")
-    print(f"ratio stage/offline: {stage_rate / offline_rate:.3f} (goal >= 0.90)")
-    print(f"identical captions: {same}/{len(stage_captions)}")
+    for side, label in [("stage", "caption stage (client + server)"), ("bare", "bare openai client + server"),
+                        ("offline", "vLLM offline LLM.chat")]:
+        print(f"{label:<32} {rate[side]:8.2f} images/s  runs {[round(t, 2) for t in times[side]]}")
+    print(f"ratio stage/offline: {rate['stage'] / rate['offline']:.3f} (goal >= 0.90)")
+    print(f"ratio stage/bare client: {rate['stage'] / rate['bare']:.3f} (goal >= 0.95); "
+          f"bare client/offline: {rate['bare'] / rate['offline']:.3f} (what serving over HTTP costs)")
+    print(f"identical captions: stage vs offline {sum(stage_captions[k] == offline_captions.get(k) for k in stage_captions)}"
+          f"/{len(stage_captions)}, stage vs bare client "
+          f"{sum(stage_captions[k] == bare_captions.get(k) for k in stage_captions)}/{len(stage_captions)}")
+    emit("caption", [
+        {"name": "caption stage vs offline engine", "ours": rate["stage"], "anchor": rate["offline"],
+         "anchor_name": "vLLM offline LLM.chat", "unit": "images/s", "goal": ">= 0.90"},
+        {"name": "caption client vs bare openai client", "ours": rate["stage"], "anchor": rate["bare"],
+         "anchor_name": "openai.AsyncOpenAI loop, same server", "unit": "images/s", "goal": ">= 0.95"},
+    ])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import emit  # noqa: E402
 from pipeline import toyworld  # noqa: E402
 from pipeline.download import resolve_file_urls  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
@@ -85,6 +86,8 @@ def main() -> None:
     print(f"download stage : {stage_rate:8.1f} images/s  (runs: {', '.join(f'{s:.1f}s' for s in stage_s)})")
     print(f"img2dataset CLI: {cli_rate:8.1f} images/s  (runs: {', '.join(f'{s:.1f}s' for s in cli_s)})")
     print(f"ratio stage/CLI: {stage_rate / cli_rate:.3f}  (goal >= 0.95)")
+    emit("download", [{"name": "download stage vs img2dataset CLI", "ours": stage_rate, "anchor": cli_rate,
+                       "anchor_name": "bare img2dataset CLI", "unit": "images/s", "goal": ">= 0.95"}])
 
 
 if __name__ == "__main__":

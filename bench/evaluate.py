@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import emit  # noqa: E402
 from fixclip.eval.benchmarks import RetrievalBenchmark  # noqa: E402
 from fixclip.eval.benchmarks.toy import load as load_toy  # noqa: E402
 from fixclip.config import FixClipConfig  # noqa: E402
@@ -30,8 +31,9 @@ from fixclip.eval.encode import CachedEncoder, eval_transform  # noqa: E402
 from fixclip.model_folder import load_base  # noqa: E402
 from fixclip.eval.run import evaluate_retrieval  # noqa: E402
 from fixclip.model import FixClip  # noqa: E402
+from pipeline.params.download import DownloadParams  # noqa: E402
 from pipeline.params.evaluate import ToyBenchmarkParams  # noqa: E402
-from pipeline.params import ToyWorldParams  # noqa: E402
+from pipeline.params.source import ToyWorldParams  # noqa: E402
 from pipeline.toy_benchmark import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +58,8 @@ def _collate(batch):
 
 
 def make_benchmark(root: Path, images: int) -> RetrievalBenchmark:
-    generate(ToyBenchmarkParams(num_images=images, num_classification_images=1), ToyWorldParams(), root)
+    params = ToyBenchmarkParams(num_images=images, num_classification_images=1)
+    generate(params, ToyWorldParams(), DownloadParams(), root)
     long, short = load_toy(str(root), "long_retrieval"), load_toy(str(root), "short_retrieval")
     captions = [l + s for l, s in zip(long.captions, short.captions)]
     counts = Counter(c for per_image in captions for c in per_image)
@@ -95,7 +98,9 @@ def main() -> None:
                 results[name] = run(model, benchmark, args.batch_size)
                 seconds[name].append(time.perf_counter() - start)
     keys = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
-    identical = all(abs(results["ours"][k] - results["clip_benchmark"][k]) < 1e-6 for k in keys)
+    # clip_benchmark averages hits in float32 (13% comes back as 12.9999995); one query moves R@k by >= 0.01 points
+    # for up to 10^4 queries, so 1e-4 separates rounding from a real difference.
+    identical = all(abs(results["ours"][k] - results["clip_benchmark"][k]) < 1e-4 for k in keys)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     print(f"images: {len(benchmark.images)}, captions: {benchmark.num_captions}, context: {args.context}, "
           f"batch: {args.batch_size}, threads: {torch.get_num_threads()}, repeats: {args.repeats}")
@@ -103,6 +108,10 @@ def main() -> None:
         print(f"{name:>15}: median {median[name]:.2f} s  " + "  ".join(f"{k} {results[name][k]:.2f}" for k in keys))
     print(f"R@k identical: {identical}")
     print(f"time ratio clip_benchmark / ours: {median['clip_benchmark'] / median['ours']:.2f}x (goal >= 1.0x)")
+    images = len(benchmark.images)
+    emit("evaluate", [{"name": "retrieval eval vs clip_benchmark (identical R@k)", "ours": images / median["ours"],
+                       "anchor": images / median["clip_benchmark"], "anchor_name": "clip_benchmark zeroshot_retrieval",
+                       "unit": "images/s", "goal": ">= 1.0", "ok": identical}])
 
 
 if __name__ == "__main__":
