@@ -10,7 +10,6 @@ stage / tar >= 0.5. Runs alternate (stage configs, then tar) after one warm-up e
 """
 import argparse
 import io
-import json
 import os
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import emit  # noqa: E402
 from pipeline import shards  # noqa: E402
 from pipeline.params import ShardParams  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"repeats: {args.repeats}, {os.cpu_count()} cores")
     rows = [row for size in map(int, args.sizes.split(",")) for row in measure(size, args.images, args.repeats)]
-    print(json.dumps({"bench": "shard", "rows": rows}))
+    emit("shard", rows)
 
 
 if __name__ == "__main__":
