@@ -3,10 +3,16 @@
 Rows (samples/s, median of per-step rates after warm-up, all measured in this one run on the same tiny backbone,
 shards, batch size, data workers and threads):
   open_clip_train   python -m open_clip_train.main (model config registered with open_clip.add_model_config,
-                    --pretrained = assets/base_clip/weights.pt, fp32, resampled webdataset shards)
-  ours, modules off python -m fixclip.train with FixClipConfig.plain()        -> ratio vs open_clip_train (goal >= 1.0)
+                    --pretrained = assets/base_clip/weights.pt, fp32, resampled webdataset shards, a log line
+                    every step)
+  ours, modules off python -m fixclip.train with FixClipConfig.plain() (a DVCLive row every step)
+                                                                              -> ratio vs open_clip_train (goal >= 1.0)
   loader alone      our train stream + DataLoader, no model                   -> ratio vs our train step (goal >= 3)
-Both trainers read the same tars (each sample carries .txt for open_clip_train and .long.txt/.short.txt for us).
+Both trainers read the same tars (each sample carries .txt for open_clip_train and .long.txt/.short.txt for us); the
+long captions exceed 77 tokens, so both tokenize to 77 full positions. Both per-step rates are taken the same way:
+the time from one step's end to the next, data wait and the previous step's logging included. The two trainers run
+alternately for --rounds rounds (the order swapped each round) so that drifting load on shared cores hits both;
+each figure is the median over rounds of the per-round medians. Ends with one JSON result line (bench/report.py).
 Prints figures only; speed is not asserted.  Run:  python bench/train.py [--batch 32 --steps 40 --threads 1]
 """
 import argparse
@@ -28,6 +34,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repository root, when run as a script
+from bench.report import emit  # noqa: E402
 from fixclip.config import FixClipConfig  # noqa: E402
 from fixclip.train.config import BaseModelConfig, TrainConfig  # noqa: E402
 
@@ -124,6 +131,17 @@ def loader_rate(shards: Path, args) -> list[float]:
     return rates
 
 
+def rounds(work: Path, shard_paths: list[str], args) -> tuple[list[float], list[float]]:
+    """Per-round medians of open_clip_train and of ours, the two run alternately (order swapped every round)."""
+    theirs, ours = [], []
+    for r in range(args.rounds):
+        runs = [(theirs, lambda d: run_open_clip_train(d, shard_paths, args)),
+                (ours, lambda d: run_ours(d, work / "shards", args))]
+        for i, (rates, run) in enumerate(runs if r % 2 == 0 else runs[::-1]):
+            rates.append(median_after_warmup(run(work / f"round{r}-{i}"), args.warmup))
+    return theirs, ours
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -131,18 +149,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the medians")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating runs of each trainer")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shard_paths = write_shards(work / "shards", samples=8 * args.batch, per_shard=2 * args.batch)
-        theirs = median_after_warmup(run_open_clip_train(work / "open_clip_train", shard_paths, args), args.warmup)
-        ours = median_after_warmup(run_ours(work / "ours", work / "shards", args), args.warmup)
+        theirs_rounds, ours_rounds = rounds(work, shard_paths, args)
         loader = median_after_warmup(loader_rate(work / "shards", args), args.warmup)
-    print(json.dumps({"batch": args.batch, "steps": args.steps, "threads": args.threads, "workers": args.workers}))
+    theirs, ours = statistics.median(theirs_rounds), statistics.median(ours_rounds)
+    print(json.dumps({"batch": args.batch, "steps": args.steps, "threads": args.threads, "workers": args.workers,
+                      "rounds": args.rounds}))
+    print("per-round ratios ours / open_clip_train: "
+          + ", ".join(f"{o / t:.2f}" for o, t in zip(ours_rounds, theirs_rounds)))
     print(f"{'open_clip_train':<20}{theirs:10.1f} samples/s")
     print(f"{'ours, modules off':<20}{ours:10.1f} samples/s   ratio vs open_clip_train {ours / theirs:.2f}x "
           "(goal >= 1.0)")
     print(f"{'loader alone':<20}{loader:10.1f} samples/s   ratio vs our train step {loader / ours:.2f}x (goal >= 3)")
+    emit("train", [
+        {"name": "train loop, modules off", "ours": ours, "anchor": theirs, "anchor_name": "open_clip_train",
+         "unit": "samples/s", "goal": ">= 1.0"},
+        {"name": "loader", "ours": loader, "anchor": ours, "anchor_name": "train step consumption",
+         "unit": "samples/s", "goal": ">= 3"},
+    ])
 
 
 if __name__ == "__main__":

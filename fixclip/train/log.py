@@ -1,8 +1,9 @@
-"""Progress bar (samples/s, loss, ETA) and DVCLive curves of the main rank.
+"""Progress bar (samples/s, loss, ETA) and DVCLive curves of the main rank, and the step timer behind their samples/s.
 
 Curves are written with the optimizer step as x. On resume, rows logged after the checkpoint (by the run that was
 killed) are dropped first, so every step appears once and `dvc plots show` draws one clean line."""
 import csv
+import time
 from pathlib import Path
 
 from dvclive import Live
@@ -19,6 +20,19 @@ def _truncate_curves(log_dir: Path, last_step: int) -> None:
         kept = [rows[0]] + [row for row in rows[1:] if int(row[step_col]) <= last_step]
         with open(tsv, "w", newline="") as f:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
+
+
+class StepTimer:
+    """Seconds between successive ``lap()`` calls, so a step's rate counts everything the loop does between two
+    steps (data wait, logging, checkpoints), as open_clip_train's per-step samples/s does."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
 
 
 class TrainLog:

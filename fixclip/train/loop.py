@@ -22,7 +22,7 @@ from . import distributed
 from .config import RunDirs, TrainConfig, file_sha256
 from .data import StreamLayout, TrainStream, check_members, count_samples, micro_batches, shard_list
 from ..model_folder import save_model_folder
-from .log import TrainLog
+from .log import StepTimer, TrainLog
 from .optim import adamw, clamp_logit_scale, cosine_lr, reset_logit_scale, set_lr
 
 
@@ -179,9 +179,9 @@ class _Run:
         log = TrainLog(self.dirs.log_dir, self.total_steps, self.step, self.samples_per_step, cfg.log_every,
                        self.dirs.progress) if self.ranks.is_main else None
         start_step, started, last = self.step, time.perf_counter(), {}
+        timer = StepTimer()
         try:
             while self.step < self.total_steps:
-                tick = time.perf_counter()
                 lr = cosine_lr(self.step, cfg.lr, cfg.warmup_steps, self.total_steps)
                 set_lr(self.optimizer, lr)
                 parts = []
@@ -198,10 +198,11 @@ class _Run:
                     self._non_finite(self.step + 1)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                seconds = timer.lap()
                 if parts:
                     last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
                     last.update(lr=lr, logit_scale=float(self.model.logit_scale.detach().exp()),
-                                samples_per_s=self.samples_per_step / (time.perf_counter() - tick))
+                                samples_per_s=self.samples_per_step / seconds)
                     if log is not None:
                         log.step(self.step, last)
                 if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:

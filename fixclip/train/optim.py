@@ -7,13 +7,19 @@ from torch import nn
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: biases, norm gains, logit_scale and 1-D embeddings are not
-    decayed (open_clip_train's and Long-CLIP's rule)."""
+    decayed (open_clip_train's and Long-CLIP's rule).
+
+    torch's fused kernel (CPU and CUDA): one pass over each tensor instead of the default per-tensor loop's
+    several, ~6x faster on CPU (the 49408-row token embedding makes the step memory-bound). Same update, rounded
+    differently: parameters differ from the loop's by float rounding (~1e-7 after tens of steps), except attention
+    key biases, whose true gradient is 0 (softmax ignores them): Adam scales their rounding-noise gradient up to
+    lr-sized steps under either kernel, and they change no output."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
