@@ -236,9 +236,11 @@ def main() -> None:
     print(f"ratio stage/offline: {rate['stage'] / rate['offline']:.3f} (goal >= 0.90)")
     print(f"ratio stage/bare client: {rate['stage'] / rate['bare']:.3f} (goal >= 0.95); "
           f"bare client/offline: {rate['bare'] / rate['offline']:.3f} (what serving over HTTP costs)")
-    print(f"identical captions: stage vs offline {sum(stage_captions[k] == offline_captions.get(k) for k in stage_captions)}"
-          f"/{len(stage_captions)}, stage vs bare client "
-          f"{sum(stage_captions[k] == bare_captions.get(k) for k in stage_captions)}/{len(stage_captions)}")
+    def agreeing(other: dict[str, str]) -> str:
+        return f"{sum(text == other.get(key) for key, text in stage_captions.items())}/{len(stage_captions)}"
+
+    print(f"identical captions: stage vs offline {agreeing(offline_captions)}, "
+          f"stage vs bare client {agreeing(bare_captions)}")
     emit("caption", [
         {"name": "caption stage vs offline engine", "ours": rate["stage"], "anchor": rate["offline"],
          "anchor_name": "vLLM offline LLM.chat", "unit": "images/s", "goal": ">= 0.90"},

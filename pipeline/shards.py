@@ -164,7 +164,8 @@ def sample_json(row: dict, captions: list[dict], rule: str) -> dict:
     caption = next(c for c in captions if is_ok(c))
     meta = {
         "key": row["key"], "uid": row.get("uid", row["key"]), "url": row.get("url"),
-        "alt_text": row.get("caption") or "", "caption_model": caption["model"] if _present(caption.get("model")) else None,
+        "alt_text": row.get("caption") or "",
+        "caption_model": caption["model"] if _present(caption.get("model")) else None,
         "prompt_id": prompt_id(caption),
         "short_text_rule": rule,
         "original_size": [int(row["original_width"]), int(row["original_height"])]
@@ -270,8 +271,9 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams) -> tuple[pd.Dat
     without_tar = set(records["raw_shard"]) - {tar.stem for tar in tars}
     if without_tar:
         raise ShardInputError(f"{raw_dir}: {sorted(without_tar)[0]}.parquet lists images but its tar is missing")
-    if records["key"].duplicated().any():
-        raise ShardInputError(f"{raw_dir}: several images share the key {records['key'][records['key'].duplicated()].iloc[0]!r}")
+    shared_keys = records.loc[records["key"].duplicated(), "key"]
+    if len(shared_keys):
+        raise ShardInputError(f"{raw_dir}: several images share the key {shared_keys.iloc[0]!r}")
     shard_of_key = records.set_index("key")["raw_shard"]
     captions_by_shard = dict(tuple(captions.groupby(captions["key"].map(shard_of_key), sort=False)))
     records_by_shard = dict(tuple(records.groupby("raw_shard", sort=False)))
