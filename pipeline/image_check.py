@@ -5,6 +5,9 @@ signature, its pixel size from the header, and its end (JPEG's EOI marker, PNG's
 That catches truncated downloads, wrong content and decompression bombs; it cannot see corrupt compressed data in
 the middle of a file, which img2dataset's own re-encoding does not produce. Formats other than these three are
 decoded. Structures: JPEG (ITU-T T.81, annex B), PNG (ISO/IEC 15948, section 5), WebP (RFC 9649).
+
+Both take bytes or a memoryview (of a mapped tar): `header` then reads the few bytes it needs without copying the
+image.
 """
 import io
 import warnings
@@ -20,7 +23,10 @@ JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
 
 
-def decodes(data: bytes) -> bool:
+Data = bytes | memoryview
+
+
+def decodes(data: Data) -> bool:
     """The image opens and decodes fully within the pixel budget."""
     try:
         with warnings.catch_warnings():
@@ -34,9 +40,16 @@ def decodes(data: bytes) -> bool:
         return False
 
 
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
+def ends_with(data: Data, marker: bytes) -> bool:
+    """The data ends with the marker, ignoring NUL bytes after it (padding some writers add)."""
+    if data[-1:] == b"\0":
+        data = bytes(data).rstrip(b"\0")
+    return data[-len(marker):] == marker
+
+
+def jpeg_size(data: Data) -> tuple[int, int] | None:
     """(width, height) from the first frame header of a JPEG that ends with EOI, else None."""
-    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if data[:2] != b"\xff\xd8" or not ends_with(data, b"\xff\xd9"):
         return None
     position = 2
     while position + 4 <= len(data):
@@ -62,14 +75,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def png_size(data: bytes) -> tuple[int, int] | None:
+def png_size(data: Data) -> tuple[int, int] | None:
     """(width, height) from the IHDR chunk of a PNG that ends with IEND, else None."""
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or not data.endswith(PNG_END):
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or data[-len(PNG_END):] != PNG_END:
         return None
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def webp_size(data: bytes) -> tuple[int, int] | None:
+def webp_size(data: Data) -> tuple[int, int] | None:
     """(width, height) of a WebP whose RIFF length matches the data, else None."""
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return None
@@ -89,9 +102,9 @@ def webp_size(data: bytes) -> tuple[int, int] | None:
 SIZE_READERS = {b"\xff\xd8": jpeg_size, PNG_SIGNATURE[:2]: png_size, b"RI": webp_size}
 
 
-def header_ok(data: bytes) -> bool:
+def header_ok(data: Data) -> bool:
     """Signature, size within the pixel budget and a complete container; unknown formats are decoded."""
-    reader = SIZE_READERS.get(data[:2])
+    reader = SIZE_READERS.get(bytes(data[:2]))
     if reader is None:
         return decodes(data)
     size = reader(data)

@@ -8,7 +8,9 @@ Writing: members with fixed metadata (mode 0644, uid/gid 0, empty owner names, m
 `tarfile` writes in GNU format for the same names and data (a test keeps it so). The layout is POSIX ustar
 (IEEE Std 1003.1, "pax" chapter: header fields, octal numbers, checksum over the header with the checksum field as
 spaces, data padded to 512-byte blocks, two zero blocks at the end, the archive padded to 20-block records).
+Headers are built a batch at a time as one numpy array, and a batch goes to the OS in one gathered write (`writev`).
 """
+import io
 import os
 import tarfile
 import zlib
@@ -16,10 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+import numpy as np
+
 BLOCK = 512
 RECORD = 20 * BLOCK
 REGULAR_TYPES = (b"0", b"\0")
 NAME_FIELD = 100
+ZERO_BLOCK = bytes(BLOCK)
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per gathered write
+BATCH = (IOV_MAX - 1) // 3  # members per gathered write: header, data, padding
 MAX_SIZE = 8**11 - 1  # an 11-digit octal size field; larger members go through tarfile
 
 
@@ -58,7 +65,7 @@ def scan(path: Path) -> list[Member]:
         offset = 0
         while True:
             header = stream.read(BLOCK)
-            if not header or header == bytes(BLOCK):  # end of archive (tarfile also accepts a missing end block)
+            if not header or header == ZERO_BLOCK:  # end of archive (tarfile also accepts a missing end block)
                 return members
             if len(header) < BLOCK:
                 raise TarFormatError(f"{path}: unexpected end of data at byte {offset}")
@@ -83,30 +90,37 @@ def _scan_with_tarfile(path: Path) -> list[Member]:
         return [Member(m.name, m.offset_data, m.size, m.isfile()) for m in archive]
 
 
-def _header_template() -> tuple[bytes, bytes, bytes, int]:
-    """The constant parts of a GNU header for a regular file with the fixed metadata (as tarfile fills them), and
-    their byte sum: (mode/uid/gid, mtime, type/link/magic/rest, sum with the checksum field as spaces)."""
+def _header_template() -> np.ndarray:
+    """A GNU header for a regular file with the fixed metadata (as tarfile fills them), with the name, size and
+    checksum fields empty (the checksum field as spaces, as it is summed)."""
     owner = b"0000644\0" + b"0000000\0" * 2
     mtime = b"00000000000\0"
     rest = b"0" + bytes(100) + b"ustar  \0" + bytes(BLOCK - 265)
-    return owner, mtime, rest, sum(owner) + sum(mtime) + sum(rest) + 8 * 0x20
+    return np.frombuffer(bytes(NAME_FIELD) + owner + bytes(12) + mtime + b" " * 8 + rest, np.uint8)
 
 
-OWNER, MTIME, REST, CONSTANT_SUM = _header_template()
+HEADER_TEMPLATE = _header_template()
+SIZE_DIGITS = 3 * np.arange(10, -1, -1)  # bit shifts of an 11-digit octal number, most significant first
+CHECKSUM_DIGITS = 3 * np.arange(5, -1, -1)
 
 
-def _fast_header(name: bytes, size: int) -> bytes:
-    """A GNU-format header for a regular file with the fixed metadata, as tarfile builds it."""
-    size_field = b"%011o\0" % size
-    checksum = CONSTANT_SUM + sum(name) + sum(size_field)
-    return b"".join((name, bytes(NAME_FIELD - len(name)), OWNER, size_field, MTIME, b"%06o\0 " % checksum, REST))
+def member_headers(names: list[str], sizes: list[int]) -> list[bytes | memoryview]:
+    """The header block(s) of each member, built as one array; names tarfile would extend (non-ASCII or > 99 bytes)
+    and sizes beyond 11 octal digits go through tarfile."""
+    encoded = [name.encode("utf-8", "surrogateescape") for name in names]
+    length = np.asarray(sizes, np.int64).reshape(-1, 1)
+    blocks = np.tile(HEADER_TEMPLATE, (len(names), 1))
+    blocks[:, :NAME_FIELD] = np.array(encoded, f"S{NAME_FIELD}").view(np.uint8).reshape(-1, NAME_FIELD)
+    blocks[:, 124:135] = 48 + (length >> SIZE_DIGITS & 7)  # "%011o\0"
+    checksum = blocks.sum(axis=1, dtype=np.int64).reshape(-1, 1)
+    blocks[:, 148:154] = 48 + (checksum >> CHECKSUM_DIGITS & 7)  # "%06o\0 "
+    blocks[:, 154] = 0
+    view = memoryview(blocks.tobytes())
+    return [view[i * BLOCK:(i + 1) * BLOCK] if len(name) < NAME_FIELD and name.isascii() and size <= MAX_SIZE
+            else _tarfile_header(names[i], size) for i, (name, size) in enumerate(zip(encoded, sizes))]
 
 
-def member_header(name: str, size: int) -> bytes:
-    """The header block(s) of one member; names tarfile would extend (non-ASCII or > 99 bytes) go through it."""
-    encoded = name.encode("utf-8", "surrogateescape")
-    if len(encoded) < NAME_FIELD and encoded.isascii() and size <= MAX_SIZE:
-        return _fast_header(encoded, size)
+def _tarfile_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, 0, 0o644
     info.uid = info.gid = 0
@@ -114,13 +128,31 @@ def member_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
 
-def write_members(stream: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
-    """A whole tar of (name, data) members, closed and padded as tarfile closes one."""
-    written = 0
-    for name, data in members:
-        header, padding = member_header(name, len(data)), -len(data) % BLOCK
-        stream.write(header)
-        stream.write(data + bytes(padding) if padding else data)
-        written += len(header) + len(data) + padding
-    written += 2 * BLOCK
-    stream.write(bytes(2 * BLOCK + -written % RECORD))
+def write_members(stream: BinaryIO, members: Iterable[tuple[str, bytes | memoryview]]) -> None:
+    """A whole tar of (name, data) members, closed and padded as tarfile closes one. The members are handed to the
+    OS a batch at a time in one gathered write (a memoryview of a mapped file goes from page cache to page cache
+    with no copy here); a stream without a file descriptor gets them joined."""
+    members, length = list(members), 0
+    for start in range(0, len(members), BATCH):
+        batch = members[start:start + BATCH]
+        pieces = []
+        for header, (_, data) in zip(member_headers([n for n, _ in batch], [len(d) for _, d in batch]), batch):
+            pieces += (header, data, ZERO_BLOCK[:-len(data) % BLOCK])
+        length += sum(map(len, pieces))
+        _write_pieces(stream, pieces)
+    length += 2 * BLOCK
+    _write_pieces(stream, [bytes(2 * BLOCK + -length % RECORD)])
+
+
+def _write_pieces(stream: BinaryIO, pieces: list) -> None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        stream.write(b"".join(pieces))
+        return
+    stream.flush()
+    done = os.writev(fd, pieces)
+    if done < sum(map(len, pieces)):  # a short write (a signal, a full disk): the rest one write at a time
+        rest = memoryview(b"".join(pieces))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest):]

@@ -44,3 +44,11 @@ def test_header_refuses_a_decompression_bomb_without_decoding():
     bomb = _encode("PNG", size=(1, 1))
     ihdr_size = (100_000).to_bytes(4, "big") * 2  # claims 10^10 pixels; the checksum is not read
     assert not image_check.header_ok(bomb[:16] + ihdr_size + bomb[24:])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("check", ["decode", "header"])
+def test_a_memoryview_is_checked_like_its_bytes(name, check):
+    """The shard stage hands the checks memoryviews of a mapped tar; padded, cut and whole images agree."""
+    for data in (FORMATS[name], FORMATS[name] + bytes(7), FORMATS[name][:-3], b"", b"\0"):
+        assert image_check.CHECKS[check](memoryview(data)) == image_check.CHECKS[check](data)

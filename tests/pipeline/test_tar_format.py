@@ -67,3 +67,12 @@ def test_scan_refuses_corrupt_tars(tmp_path):
     (tmp_path / "flipped.tar").write_bytes(bytes(flipped))
     with pytest.raises(tar_format.TarFormatError, match="checksum"):
         tar_format.scan(tmp_path / "flipped.tar")
+
+
+def test_writer_to_a_file_in_several_gathered_writes(tmp_path):
+    """More members than one gathered write takes, memoryviews among the data, written to a real file."""
+    members = [(f"{i:05d}.{'jpg' if i % 2 else 'txt'}", _payload(i % 7)) for i in range(2 * tar_format.BATCH + 5)]
+    path = tmp_path / "out.tar"
+    with open(path, "wb") as stream:
+        tar_format.write_members(stream, [(name, memoryview(data)) for name, data in members])
+    assert path.read_bytes() == _tarfile_bytes(members)
