@@ -10,6 +10,7 @@ Both take bytes or a memoryview (of a mapped tar): `header` then reads the few b
 image.
 """
 import io
+import struct
 import warnings
 
 from PIL import Image
@@ -21,6 +22,8 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # JPEG start-of-frame markers: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
+MARKER = struct.Struct(">BBH")  # 0xFF, marker, segment length (big-endian, as all JPEG numbers)
+FRAME_SIZE = struct.Struct(">HH")  # a frame header's height and width, after its length and sample precision
 
 
 Data = bytes | memoryview
@@ -53,21 +56,19 @@ def jpeg_size(data: Data) -> tuple[int, int] | None:
         return None
     position = 2
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
+        fill, marker, length = MARKER.unpack_from(data, position)
+        if fill != 0xFF:
             return None
-        marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker in JPEG_STANDALONE:
             position += 2
             continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
         if marker in JPEG_FRAMES:
             if length < 8 or position + 9 > len(data):
                 return None
-            height = int.from_bytes(data[position + 5:position + 7], "big")
-            width = int.from_bytes(data[position + 7:position + 9], "big")
+            height, width = FRAME_SIZE.unpack_from(data, position + 5)
             return width, height
         if marker == 0xDA or length < 2:  # scan data before any frame header
             return None

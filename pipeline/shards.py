@@ -14,7 +14,6 @@ An image may have K captions (the caption stage's `captions_per_image`, read her
 kept if any is `ok`; `long.txt` is the first ok one. When K > 1 a sample also holds `long_0.txt` .. `long_{K-1}.txt`:
 caption j where it is ok, else the first ok caption (counted in `substituted_captions`).
 """
-import gc
 import hashlib
 import json
 import mmap
@@ -235,19 +234,6 @@ def ray_map(function: Callable, jobs: list[tuple], desc: str) -> list:
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused (as it was after): the stage's loops make no reference cycles, and each
-    collection walks every object the index holds (measured: ~40% of writing 64 px samples)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@contextmanager
 def mapped(path: Path) -> Iterator[mmap.mmap]:
     """A file's bytes, mapped read-only: slices are copied from the page cache without a syscall each."""
     with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -266,7 +252,6 @@ INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "lon
 META_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True), without its per-call set-up
 
 
-@gc_paused()
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
                  per_image: int) -> dict[str, list]:
     """INDEX_COLUMNS of one entry per image that `records` lists in this raw shard: its fate, and for a kept image
@@ -338,7 +323,6 @@ def sample_members(uid: str, image: bytes, long: str, per_caption: list[str], sh
             (f"{uid}.json", meta.encode())]
 
 
-@gc_paused()
 def write_shard(path: Path, raw_dir: Path, samples: list[tuple[str, str, int, int, str, list[str], str, str]]) -> None:
     """One tar of (uid, raw shard, offset, size, long, long per caption, short, json) samples, written to a temp name
     then renamed; image bytes are copied from the raw tars as downloaded."""
@@ -405,7 +389,7 @@ def count(index: pd.DataFrame, captions: dict, shard_counts: dict) -> dict:
 
 
 def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -> dict:
-    with gc_paused(), job_runner(params) as run_jobs:
+    with job_runner(params) as run_jobs:
         index, captions = plan(raw_dir, captions_dir, params, run_jobs)
         shard_counts = write(index, raw_dir, out_dir, params, run_jobs)
     return count(index, captions, shard_counts)
