@@ -234,28 +234,24 @@ def ray_map(function: Callable, jobs: list[tuple], desc: str) -> list:
 
 
 @contextmanager
-def mapped(path: Path) -> Iterator[mmap.mmap]:
-    """A file's bytes, mapped read-only: slices are copied from the page cache without a syscall each."""
-    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        yield data
-
-
-@contextmanager
-def mapped_view(path: Path) -> Iterator[memoryview]:
-    """A memoryview of a mapped file: its slices are not copied. Every slice must be gone when the block ends."""
-    with mapped(path) as data, memoryview(data) as view:
+def mapped(path: Path) -> Iterator[memoryview]:
+    """A file mapped into memory, as a read-only memoryview: its slices are neither copied nor read by a syscall
+    each. Every slice must be gone when the block ends."""
+    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data, \
+            memoryview(data) as view:
         yield view
 
 
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "long", "short", "per_caption", "meta",
                  "offset", "size")
+SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "long", "per_caption", "short", "meta")  # write_shard's
 META_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True), without its per-call set-up
 
 
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
-                 per_image: int) -> dict[str, list]:
-    """INDEX_COLUMNS of one entry per image that `records` lists in this raw shard: its fate, and for a kept image
-    its texts, metadata, where its bytes are in the raw tar (offset, size) and its seeded place in the shard order."""
+                 per_image: int) -> list[tuple]:
+    """One entry (INDEX_COLUMNS) per image that `records` lists in this raw shard: its fate, and for a kept image its
+    texts, metadata, where its bytes are in the raw tar (offset, size) and its seeded place in the shard order."""
     images = scan_raw_tar(tar_path)
     missing = set(records["key"]) - images.keys()
     if missing:
@@ -267,25 +263,24 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
     check, raw_shard = CHECKS[params.check_images], tar_path.stem
     entries = []
     with ExitStack() as stack:
-        data = stack.enter_context(mapped_view(tar_path)) if images else b""
+        data = stack.enter_context(mapped(tar_path)) if images else b""
         for row in rows_of(records):
             key, uid = row["key"], str(row.get("uid", row["key"]))
             image_captions = by_key.get(key)
-            offset, size = images[key][1:3]
+            member = images[key]
             fate = drop_reason(image_captions)
-            if fate is None and not check(data[offset:offset + size]):
+            if fate is None and not check(data[member.offset:member.offset + member.size]):
                 fate = "undecodable_image"
-            texts = (0, None, None, [], None)
+            substituted, long_caption, short, per_caption, meta = 0, None, None, [], None
             if fate is None:
                 fate = "val" if unit_hash(params.seed, "split", uid) < params.val_fraction else "train"
                 long_caption, per_caption, substituted = long_texts(params, row, image_captions)
                 short, rule = short_text(params, uid, long_caption, row.get("caption") or "")
-                texts = (substituted, long_caption, short, per_caption if per_image > 1 else [],
-                         META_JSON.encode(sample_json(row, image_captions, rule)))
-            entries.append((key, uid, raw_shard, texts[0], unit_hash(params.seed, "order", uid), fate, *texts[1:],
-                            offset, size))
-    return {name: list(column) for name, column in zip(INDEX_COLUMNS, zip(*entries))} if entries else \
-        {name: [] for name in INDEX_COLUMNS}
+                per_caption = per_caption if per_image > 1 else []
+                meta = META_JSON.encode(sample_json(row, image_captions, rule))
+            entries.append((key, uid, raw_shard, substituted, unit_hash(params.seed, "order", uid), fate,
+                            long_caption, short, per_caption, meta, member.offset, member.size))
+    return entries
 
 
 def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
@@ -308,7 +303,7 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRu
     jobs = [(tar, records_by_shard.get(tar.stem, empty_records), captions_by_shard.get(tar.stem, empty_captions),
              params, per_image) for tar in tars]
     parts = run_jobs(plan_raw_tar, jobs, "shard: read raw")
-    index = pd.DataFrame({name: [value for part in parts for value in part[name]] for name in INDEX_COLUMNS})
+    index = pd.DataFrame([entry for part in parts for entry in part], columns=INDEX_COLUMNS)
     if index["uid"].duplicated().any():
         raise ShardInputError(f"{raw_dir}: several images share a uid")
     index = index.sort_values(["order", "uid"]).drop(columns="order").reset_index(drop=True)
@@ -364,9 +359,6 @@ def write(index: pd.DataFrame, raw_dir: Path, out_dir: Path, params: ShardParams
     listing = index[["uid", "key", "raw_shard", "fate"]].assign(shard=column)
     write_parquet(out_dir / "index.parquet", listing)
     return shard_counts
-
-
-SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "long", "per_caption", "short", "meta")
 
 
 def count(index: pd.DataFrame, captions: dict, shard_counts: dict) -> dict:

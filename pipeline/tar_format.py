@@ -15,6 +15,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -129,12 +130,10 @@ def _tarfile_header(name: str, size: int) -> bytes:
 
 
 def write_members(stream: BinaryIO, members: Iterable[tuple[str, bytes | memoryview]]) -> None:
-    """A whole tar of (name, data) members, closed and padded as tarfile closes one. The members are handed to the
-    OS a batch at a time in one gathered write (a memoryview of a mapped file goes from page cache to page cache
-    with no copy here); a stream without a file descriptor gets them joined."""
-    members, length = list(members), 0
-    for start in range(0, len(members), BATCH):
-        batch = members[start:start + BATCH]
+    """A whole tar of (name, data) members, closed and padded as tarfile closes one. The members are read and handed
+    to the OS a batch at a time, in one gathered write each; a stream without a file descriptor gets them joined."""
+    members, length = iter(members), 0
+    while batch := list(islice(members, BATCH)):
         pieces = []
         for header, (_, data) in zip(member_headers([n for n, _ in batch], [len(d) for _, d in batch]), batch):
             pieces += (header, data, ZERO_BLOCK[:-len(data) % BLOCK])
