@@ -15,8 +15,9 @@ from fixclip.eval.benchmarks import ADAPTERS
 from fixclip.eval.encode import CachedEncoder
 from fixclip.eval.run import evaluate_all, plot_rows
 from fixclip.model_folder import load_base, load_model_folder
+from fixclip.train.distributed import pick_device
 from pipeline.outputs import write_json
-from pipeline.params import exit_on_params_error, load_params
+from pipeline.params import ParamsError, exit_on_params_error, load_params
 from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.source import ToyWorldParams
@@ -28,11 +29,18 @@ METRICS = Path("metrics/eval.json")
 PLOTS = Path("plots/eval")
 
 
-def load_models(params: EvaluateParams, base: BaseModelParams) -> dict:
+def eval_device(preference: str) -> torch.device:
+    """The device of `evaluate.device`; asking for CUDA where there is none fails before any work."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("evaluate.device: cuda, but CUDA is not available here (auto picks it when it is)")
+    return pick_device(preference)
+
+
+def load_models(params: EvaluateParams, base: BaseModelParams, device: torch.device) -> dict:
     models = {"base": load_base(base.config, base.weights)}
     if params.trained_model is not None:
         models["trained"] = load_model_folder(params.trained_model, base.config)
-    return models
+    return {name: model.to(device) for name, model in models.items()}
 
 
 def load_benchmark(entry, toy_dir: Path):
@@ -57,6 +65,7 @@ def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
 def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, download: DownloadParams,
         toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS, plots_dir: Path = PLOTS) -> dict:
     """Generate the toy benchmark if listed, evaluate every model on every benchmark, write metrics and plots."""
+    device = eval_device(params.device)
     if params.threads:
         torch.set_num_threads(params.threads)
     start = time.perf_counter()
@@ -64,12 +73,13 @@ def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, do
         stats = generate(params.toy, world, download, toy_dir)
         print(f"evaluate: toy benchmark: {stats['share_over_77_tokens']:.0%} of long descriptions over 77 tokens, "
               f"{stats['share_twins_equal_in_first_77_tokens']:.0%} of twin pairs equal in their first 77")
-    models = load_models(params, base)
+    models = load_models(params, base, device)
     encoders = [CachedEncoder(model, name, params.batch_size, params.workers) for name, model in models.items()]
     results = evaluate_all(encoders, {entry.name: load_benchmark(entry, toy_dir) for entry in params.benchmarks})
     write_json(metrics_path, results)
     write_plots(results, list(models), plots_dir)
-    print(f"evaluate: {len(results)} benchmarks x {len(models)} models in {time.perf_counter() - start:.1f} s")
+    print(f"evaluate: {len(results)} benchmarks x {len(models)} models on {device} in "
+          f"{time.perf_counter() - start:.1f} s")
     return results
 
 

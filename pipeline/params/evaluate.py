@@ -152,6 +152,8 @@ class EvaluateParams(Section):
     batch_size: int = Field(64, ge=1)
     workers: int = Field(0, ge=0)  # DataLoader processes decoding images
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; null: torch's default
+    # Where the models encode: the first GPU when there is one (auto), else the CPU. Embeddings are float32 either way.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
     def _unique_names(self):

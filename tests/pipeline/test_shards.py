@@ -327,3 +327,10 @@ def test_incomplete_or_repeated_captions_name_the_key(tmp_path):
     pd.concat([frame, frame.iloc[:1]]).to_parquet(captions / "00000.parquet")
     with pytest.raises(shards.ShardInputError, match="key '000000000' has caption 0 more than once"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
+
+
+def test_shard_order_breaks_hash_ties_by_uid():
+    index = pd.DataFrame({"order": [0.5, 0.1, 0.5, 0.3, 0.5], "uid": ["b", "x", "a", "c", "ab"]})
+    assert list(shards.shard_order(index)) == [1, 3, 2, 4, 0]
+    index["order"] = [0.5, 0.1, 0.7, 0.3, 0.9]
+    assert list(shards.shard_order(index)) == [1, 3, 0, 2, 4]

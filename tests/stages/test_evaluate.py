@@ -9,6 +9,7 @@ import torch
 from fixclip.config import FixClipConfig
 from fixclip.model_folder import load_base, load_model_folder
 from fixclip.model import FixClip
+from pipeline.params import ParamsError
 from pipeline.params.evaluate import EvaluateParams, ToyBenchmarkParams
 from pipeline.params.download import DownloadParams
 from pipeline.params.source import ToyWorldParams
@@ -62,3 +63,13 @@ def test_stage_writes_base_and_trained_side_by_side(tmp_path):
         assert [r["task"] for r in rows] == ["toy_long I2T R@1", "toy_long T2I R@1", "toy_long_cut77 I2T R@1",
                                              "toy_long_cut77 T2I R@1", "toy_short I2T R@1",
                                              "toy_short T2I R@1", "toy_zeroshot top-1"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_fails_before_any_work(tmp_path):
+    params = EvaluateParams.model_validate({"toy": SMALL_TOY.model_dump(), "device": "cuda", "trained_model": None})
+    base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
+    with pytest.raises(ParamsError, match="evaluate.device"):
+        run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
+            plots_dir=tmp_path / "plots")
+    assert not any(tmp_path.iterdir())
