@@ -99,9 +99,13 @@ def with_constant(table: pa.Table, name: str, value, kind: pa.DataType) -> pa.Ta
     return table.append_column(name, pa.array([value] * table.num_rows, kind))
 
 
-def concatenated(tables: list[pa.Table]) -> pd.DataFrame:
-    """One frame of the tables (columns a table lacks are missing values; ints and floats of one column meet as
-    floats), converted once: pandas' own per-file reads and concat cost twice as much."""
+def concatenated(tables: list[pa.Table], columns: list[str]) -> pd.DataFrame:
+    """One frame of the tables' rows (columns a table lacks are missing values; ints and floats of one column meet as
+    floats), converted once: pandas' own per-file reads and concat cost twice as much. Tables without rows are left
+    out (pandas writes an empty frame's text columns as numbers); with no rows at all, an empty frame of `columns`."""
+    tables = [table for table in tables if table.num_rows]
+    if not tables:
+        return pd.DataFrame(columns=columns)
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
@@ -110,9 +114,10 @@ def load_raw_records(raw_dir: Path) -> pd.DataFrame:
     tables = []
     for parquet in sorted(raw_dir.glob("*.parquet")):
         table = pq.read_table(parquet)
-        tables.append(with_constant(table.filter(pc.equal(table["status"], "success")), "raw_shard", parquet.stem,
-                                    pa.string()))
-    return concatenated(tables) if tables else pd.DataFrame(columns=["key", "raw_shard"])
+        if table.num_rows:
+            success = table.filter(pc.equal(table["status"], "success"))
+            tables.append(with_constant(success, "raw_shard", parquet.stem, pa.string()))
+    return concatenated(tables, ["key", "raw_shard"])
 
 
 CAPTION_COLUMNS = ["key", "caption_index", "caption", "status", "prompt_id", "model"]
@@ -129,9 +134,7 @@ def load_captions(captions_dir: Path) -> pd.DataFrame:
             table = with_constant(table, "caption_index", 0, pa.int64())
         table = table.select([column for column in CAPTION_COLUMNS if column in table.column_names])
         tables.append(with_constant(table, "file", number, pa.int32()))
-    if not tables:
-        return pd.DataFrame(columns=CAPTION_COLUMNS)
-    frame = concatenated(tables).reindex(columns=[*CAPTION_COLUMNS, "file"])
+    frame = concatenated(tables, [*CAPTION_COLUMNS, "file"]).reindex(columns=[*CAPTION_COLUMNS, "file"])
     frame["caption_index"] = frame["caption_index"].astype(int)
     repeated = frame.duplicated(["file", "key", "caption_index"])
     if repeated.any():

@@ -334,3 +334,23 @@ def test_shard_order_breaks_hash_ties_by_uid():
     assert list(shards.shard_order(index)) == [1, 3, 2, 4, 0]
     index["order"] = [0.5, 0.1, 0.7, 0.3, 0.9]
     assert list(shards.shard_order(index)) == [1, 3, 0, 2, 4]
+
+
+def test_loading_leaves_out_empty_parquets_and_fills_missing_columns(tmp_path):
+    """pandas writes an empty frame's text columns as numbers; a column one shard lacks is missing there."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "captions").mkdir()
+    pd.DataFrame({"key": ["a", "b"], "status": ["success", "failed"], "original_width": [3, 4]}).to_parquet(
+        tmp_path / "raw/00000.parquet")
+    pd.DataFrame({"key": ["c"], "status": ["success"], "original_width": [None], "extra": ["x"]}).to_parquet(
+        tmp_path / "raw/00001.parquet")
+    pd.DataFrame({"key": [], "status": []}).to_parquet(tmp_path / "raw/00002.parquet")
+    records = shards.load_raw_records(tmp_path / "raw")
+    assert records["key"].tolist() == ["a", "c"] and records["raw_shard"].tolist() == ["00000", "00001"]
+    assert records["extra"].tolist() == [None, "x"] and records["original_width"].isna().tolist() == [False, True]
+    pd.DataFrame({"key": [], "caption": [], "status": []}).to_parquet(tmp_path / "captions/empty.parquet")
+    assert shards.load_captions(tmp_path / "captions").empty
+    pd.DataFrame({"key": ["c", "a"], "caption": ["C.", "A."], "status": ["ok", "ok"]}).to_parquet(
+        tmp_path / "captions/some.parquet")
+    captions = shards.load_captions(tmp_path / "captions")
+    assert captions["key"].tolist() == ["a", "c"] and captions["caption_index"].tolist() == [0, 0]
