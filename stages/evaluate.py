@@ -31,9 +31,10 @@ PLOTS = Path("plots/eval")
 
 def eval_device(preference: str) -> torch.device:
     """The device of `evaluate.device`; asking for CUDA where there is none fails before any work."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("evaluate.device: cuda, but CUDA is not available here (auto picks it when it is)")
-    return pick_device(preference)
+    try:
+        return pick_device(preference)
+    except ValueError as exc:  # names the key as "device: ..."
+        raise ParamsError(f"evaluate.{exc}") from None
 
 
 def load_models(params: EvaluateParams, base: BaseModelParams, device: torch.device) -> dict:
