@@ -134,7 +134,8 @@ def load_captions(captions_dir: Path) -> pd.DataFrame:
             table = with_constant(table, "caption_index", 0, pa.int64())
         table = table.select([column for column in CAPTION_COLUMNS if column in table.column_names])
         tables.append(with_constant(table, "file", number, pa.int32()))
-    frame = concatenated(tables, [*CAPTION_COLUMNS, "file"]).reindex(columns=[*CAPTION_COLUMNS, "file"])
+    columns = [*CAPTION_COLUMNS, "file"]
+    frame = concatenated(tables, columns).reindex(columns=columns)
     frame["caption_index"] = frame["caption_index"].astype(int)
     repeated = frame.duplicated(["file", "key", "caption_index"])
     if repeated.any():
