@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline import tar_format
 from pipeline.image_check import CHECKS
+from pipeline.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
 from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
@@ -46,53 +47,42 @@ class ShardInputError(RuntimeError):
     """An input tar is corrupt or holds a member that would escape its folder."""
 
 
-def safe_member_name(tar_path: Path, name: str) -> str:
-    """Refuse absolute paths, parent references and sub-folders (img2dataset writes flat tars)."""
-    if "/" in name or name in ("", ".", ".."):
-        raise ShardInputError(f"{tar_path}: member {name!r} would escape its folder; refusing this tar")
-    return name
-
-
-def scan_raw_tar(tar_path: Path) -> dict[str, tar_format.Member]:
-    """key -> member of the images of one raw shard; names the file if it is corrupt or unsafe."""
-    images = {}
+def scan_raw_tar(tar_path: Path) -> dict[str, tuple[int, int]]:
+    """key -> (offset, size) of the images of one raw shard; names the file if it is corrupt, or holds anything but
+    regular files in one folder (img2dataset writes flat tars: no absolute paths, parent references, sub-folders)."""
     try:
         members = tar_format.scan(tar_path)
     except (tarfile.TarError, tar_format.TarFormatError, EOFError, OSError) as exc:
         raise ShardInputError(f"{tar_path}: corrupt tar ({exc})") from exc
-    for member in members:
-        name = safe_member_name(tar_path, member.name)
-        if not member.is_file:
-            raise ShardInputError(f"{tar_path}: member {name!r} is not a regular file; refusing this tar")
-        key, _, ext = name.rpartition(".")
-        if ext.lower() in IMAGE_EXTENSIONS:
-            images[key] = member
-    return images
+    for name in [m.name for m in members if "/" in m.name or m.name in ("", ".", "..")][:1]:
+        raise ShardInputError(f"{tar_path}: member {name!r} would escape its folder; refusing this tar")
+    for name in [m.name for m in members if not m.is_file][:1]:
+        raise ShardInputError(f"{tar_path}: member {name!r} is not a regular file; refusing this tar")
+    named = [(m.name.rpartition("."), m) for m in members]
+    return {key: (m.offset, m.size) for (key, _, ext), m in named if ext.lower() in IMAGE_EXTENSIONS}
 
 
-def unit_hash(seed: int, purpose: str, uid: str) -> float:
-    """A deterministic number in [0, 1) per (seed, purpose, uid): independent of order and count."""
-    digest = hashlib.sha256(f"{seed}:{purpose}:{uid}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def unit_hashes(seed: int, purpose: str, uids: list[str]) -> np.ndarray:
+    """A deterministic number in [0, 1) per (seed, purpose, uid): independent of order and count. The first 8 bytes
+    of a SHA-256, as a big-endian integer over 2**64 (a float64 rounds it as Python's int division does)."""
+    prefix = f"{seed}:{purpose}:"
+    digests = b"".join([hashlib.sha256((prefix + uid).encode()).digest()[:8] for uid in uids])
+    return np.frombuffer(digests, ">u8") / 2**64
 
 
-def short_text(params: ShardParams, uid: str, long_caption: str, alt: str) -> tuple[str, str]:
-    """(short text, its rule) from shard.short_text; alt text falls back to the first sentence when empty."""
-    rule = params.short_text
-    if rule == "both":
-        rule = "alt_text" if unit_hash(params.seed, "short", uid) < params.alt_text_rate else "first_sentence"
-    if rule == "alt_text" and alt.strip():
-        return alt.strip(), "alt_text"
-    return first_sentence(long_caption), "first_sentence"
-
-
-def ground_truth(row: dict) -> str:
-    """The source's own long description of an image (the toy world's ground truth), for `long_text: ground_truth`."""
-    text = row.get("long_description")
-    if not isinstance(text, str) or not text.strip():
-        raise ShardInputError(f"shard.long_text: ground_truth needs the source's long descriptions (the toy world "
-                              f"has them); image {row['key']} has none")
-    return text
+def short_texts(params: ShardParams, uids: list[str], longs: list[str], alts: list) -> tuple[list[str], list[str]]:
+    """(short text, its rule) per sample, from shard.short_text; an empty alt text falls back to the first
+    sentence."""
+    if params.short_text == "both":
+        use_alt = (unit_hashes(params.seed, "short", uids) < params.alt_text_rate).tolist()
+    else:
+        use_alt = [params.short_text == "alt_text"] * len(uids)
+    shorts, rules = [], []
+    for wanted, long_caption, alt in zip(use_alt, longs, alts):
+        alt = alt.strip() if wanted else ""
+        shorts.append(alt or first_sentence(long_caption))
+        rules.append("alt_text" if alt else "first_sentence")
+    return shorts, rules
 
 
 def with_constant(table: pa.Table, name: str, value, kind: pa.DataType) -> pa.Table:
@@ -137,7 +127,7 @@ def load_captions(captions_dir: Path) -> pd.DataFrame:
     columns = [*CAPTION_COLUMNS, "file"]
     frame = concatenated(tables, columns).reindex(columns=columns)
     frame["caption_index"] = frame["caption_index"].astype(int)
-    repeated = frame.duplicated(["file", "key", "caption_index"])
+    repeated = frame.duplicated(["key", "caption_index"])
     if repeated.any():
         first = frame.iloc[repeated.to_numpy().argmax()]
         key, index = first["key"], first["caption_index"]
@@ -150,8 +140,8 @@ def captions_per_image(captions: pd.DataFrame) -> int:
     if not len(captions):
         return 1
     per_image = 1 + int(captions["caption_index"].max())
-    once = ~captions.duplicated(["key", "caption_index"]) & (captions["caption_index"] >= 0)
-    complete = once.groupby(captions["key"], sort=False).sum() == per_image
+    per_key = captions.groupby("key", sort=False)["caption_index"]
+    complete = (per_key.size() == per_image) & (per_key.min() == 0)  # no repeats (load_captions): exactly 0 .. K-1
     if not complete.all():
         key = complete.index[~complete.to_numpy()][0]
         found = captions.loc[captions["key"] == key, "caption_index"].tolist()
@@ -160,64 +150,94 @@ def captions_per_image(captions: pd.DataFrame) -> int:
     return per_image
 
 
-def is_ok(caption: dict) -> bool:
-    return caption["status"] == "ok"
-
-
-def long_texts(params: ShardParams, row: dict, captions: list[dict]) -> tuple[str, list[str], int]:
-    """(long text, text per caption_index, how many of those are substituted). The long text is the first ok
-    caption; text j is caption j if ok, else the first ok caption. `long_text: ground_truth` uses the source's
-    description for all of them."""
-    if params.long_text == "ground_truth":
-        truth = ground_truth(row)
-        return truth, [truth] * len(captions), 0
-    first_ok = next(c["caption"] for c in captions if is_ok(c))
-    texts = [c["caption"] if is_ok(c) else first_ok for c in captions]
-    return first_ok, texts, sum(not is_ok(c) for c in captions)
-
-
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)
 
 
-def prompt_id(caption: dict) -> int | None:
-    return int(caption["prompt_id"]) if _present(caption.get("prompt_id")) else None
+class ImageCaptions:
+    """The captions of some images as (images, K) arrays, one row per image in key order (load_captions sorts by key
+    and caption_index, and captions_per_image makes every block exactly 0 .. K-1)."""
+
+    def __init__(self, captions: pd.DataFrame, per_image: int):
+        def blocks(values: list) -> np.ndarray:
+            array = np.empty(len(values), object)
+            array[:] = values
+            return array.reshape(-1, per_image)
+
+        def column(name: str) -> list:
+            return captions[name].tolist() if name in captions else [None] * len(captions)
+
+        self.keys = pd.Index(captions["key"].to_numpy()[::per_image])
+        self.ok = (captions["status"] == "ok").to_numpy().reshape(-1, per_image)
+        self.texts = blocks(column("caption"))
+        self.models = blocks([model if _present(model) else None for model in column("model")])
+        self.prompt_ids = blocks([int(p) if _present(p) else None for p in column("prompt_id")])
+
+    def rows_of(self, keys: list[str]) -> np.ndarray:
+        """Each key's row, -1 where it has no caption."""
+        return self.keys.get_indexer(keys)
+
+    def first_ok(self, rows: np.ndarray) -> np.ndarray:
+        """The column of each row's first ok caption (rows that have one)."""
+        return self.ok[rows].argmax(axis=1)
 
 
-def sample_json(row: dict, captions: list[dict], rule: str) -> dict:
-    """The sample's metadata; model and prompt_id are the long text's caption's, `prompt_ids` (K > 1) all of them."""
-    caption = next(c for c in captions if is_ok(c))
-    meta = {
-        "key": row["key"], "uid": row.get("uid", row["key"]), "url": row.get("url"),
-        "alt_text": row.get("caption") or "",
-        "caption_model": caption["model"] if _present(caption.get("model")) else None,
-        "prompt_id": prompt_id(caption),
-        "short_text_rule": rule,
-        "original_size": [int(row["original_width"]), int(row["original_height"])]
-        if _present(row.get("original_width")) else None,
+def fates(images: list[tuple[int, int]], rows: np.ndarray, found: ImageCaptions, data: memoryview,
+          check: Callable) -> np.ndarray:
+    """Each image's drop class (no caption, none ok, image check failed), or None for images to keep."""
+    fate = np.full(len(rows), None, object)
+    captioned = rows >= 0
+    has_ok = np.zeros(len(rows), bool)
+    has_ok[captioned] = found.ok[rows[captioned]].any(axis=1)
+    fate[~captioned] = "no_caption"
+    fate[captioned & ~has_ok] = "filtered_caption"
+    for i in np.flatnonzero(has_ok).tolist():
+        offset, size = images[i]
+        if not check(data[offset:offset + size]):
+            fate[i] = "undecodable_image"
+    return fate
+
+
+def long_texts(params: ShardParams, rows: np.ndarray, found: ImageCaptions, records: pd.DataFrame, keys: list[str],
+               per_image: int) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Per kept image: (long text, text per caption_index, how many of those are substituted). The long text is the
+    first ok caption; text j is caption j if ok, else the first ok caption. `long_text: ground_truth` uses the
+    source's description (the toy world's) for all of them."""
+    if params.long_text == "ground_truth":
+        truths = records["long_description"].tolist() if "long_description" in records else [None] * len(keys)
+        for key, truth in zip(keys, truths):
+            if not isinstance(truth, str) or not truth.strip():
+                raise ShardInputError(f"shard.long_text: ground_truth needs the source's long descriptions (the toy "
+                                      f"world has them); image {key} has none")
+        return truths, [[truth] * per_image for truth in truths], np.zeros(len(keys), np.int64)
+    ok, texts = found.ok[rows], found.texts[rows]
+    first = texts[np.arange(len(rows)), found.first_ok(rows)]
+    per_caption = np.where(ok, texts, first[:, None]).tolist()
+    return first.tolist(), per_caption, per_image - ok.sum(axis=1)
+
+
+def sample_jsons(records: pd.DataFrame, keys: list[str], rows: np.ndarray, found: ImageCaptions, rules: list[str],
+                 per_image: int) -> list[str]:
+    """Each kept sample's metadata as JSON: model and prompt_id are the long text's caption's, `prompt_ids` (K > 1)
+    all of them."""
+    def column(name: str) -> list:
+        return records[name].tolist() if name in records else [None] * len(keys)
+
+    first = found.first_ok(rows)
+    widths, heights = column("original_width"), column("original_height")
+    columns = {
+        "key": keys, "uid": records["uid"].tolist() if "uid" in records else keys, "url": column("url"),
+        "alt_text": [alt or "" for alt in column("caption")],
+        "caption_model": found.models[rows, first].tolist(),
+        "prompt_id": found.prompt_ids[rows, first].tolist(),
+        "short_text_rule": rules,
+        "original_size": [f"[{int(w)}, {int(h)}]" if _present(w) else "null" for w, h in zip(widths, heights)],
+        "long_description": [d if isinstance(d, str) else ABSENT for d in column("long_description")],
+        "scene": [json.loads(s) if isinstance(s, str) else ABSENT for s in column("scene")],
     }
-    if len(captions) > 1:
-        meta["prompt_ids"] = [prompt_id(c) for c in captions]
-    if isinstance(row.get("long_description"), str):
-        meta["long_description"] = row["long_description"]
-    if isinstance(row.get("scene"), str):
-        meta["scene"] = json.loads(row["scene"])
-    return meta
-
-
-def rows_of(frame: pd.DataFrame) -> list[dict]:
-    """The frame's rows as dicts of Python values (missing values stay None or NaN), faster than `to_dict`."""
-    columns = list(frame.columns)
-    return [dict(zip(columns, values)) for values in zip(*(frame[c].tolist() for c in columns))]
-
-
-def drop_reason(captions: list[dict] | None) -> str | None:
-    """The caption's drop class of an image, or None when its image is to be checked."""
-    if not captions:
-        return "no_caption"
-    if not any(is_ok(c) for c in captions):
-        return "filtered_caption"
-    return None
+    if per_image > 1:
+        columns["prompt_ids"] = found.prompt_ids[rows].tolist()
+    return json_objects(columns, encoded=("original_size",))
 
 
 JobRunner = Callable[[Callable, list[tuple], str], list]
@@ -267,42 +287,50 @@ def mapped(path: Path) -> Iterator[memoryview]:
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "long", "short", "per_caption", "meta",
                  "offset", "size")
 SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "long", "per_caption", "short", "meta")  # write_shard's
-META_JSON = json.JSONEncoder(sort_keys=True)  # as json.dumps(..., sort_keys=True), without its per-call set-up
 
 
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
-                 per_image: int) -> list[tuple]:
-    """One entry (INDEX_COLUMNS) per image that `records` lists in this raw shard: its fate, and for a kept image its
-    texts, metadata, where its bytes are in the raw tar (offset, size) and its seeded place in the shard order."""
-    images = scan_raw_tar(tar_path)
-    missing = set(records["key"]) - images.keys()
+                 per_image: int) -> pd.DataFrame:
+    """One row (INDEX_COLUMNS) per image that `records` lists in this raw shard: its fate, and for a kept image its
+    texts, metadata, where its bytes are in the raw tar (offset, size) and its seeded place in the shard order.
+    Worked out a column at a time; only the image check runs per image."""
+    members = scan_raw_tar(tar_path)
+    keys = records["key"].tolist()
+    missing = set(keys) - members.keys()
     if missing:
         raise ShardInputError(f"{tar_path}: corrupt tar ({len(missing)} images listed in {tar_path.stem}.parquet "
                               f"are missing)")
-    by_key: dict[str, list[dict]] = {}
-    for caption in rows_of(captions):
-        by_key.setdefault(caption["key"], []).append(caption)
-    check, raw_shard = CHECKS[params.check_images], tar_path.stem
-    entries = []
+    images = [members[key] for key in keys]
+    uids = [str(uid) for uid in records["uid"].tolist()] if "uid" in records else keys
+    found = ImageCaptions(captions, per_image)
+    rows = found.rows_of(keys)
     with ExitStack() as stack:
-        data = stack.enter_context(mapped(tar_path)) if images else b""
-        for row in rows_of(records):
-            key, uid = row["key"], str(row.get("uid", row["key"]))
-            image_captions = by_key.get(key)
-            member = images[key]
-            fate = drop_reason(image_captions)
-            if fate is None and not check(data[member.offset:member.offset + member.size]):
-                fate = "undecodable_image"
-            substituted, long_caption, short, per_caption, meta = 0, None, None, [], None
-            if fate is None:
-                fate = "val" if unit_hash(params.seed, "split", uid) < params.val_fraction else "train"
-                long_caption, per_caption, substituted = long_texts(params, row, image_captions)
-                short, rule = short_text(params, uid, long_caption, row.get("caption") or "")
-                per_caption = per_caption if per_image > 1 else []
-                meta = META_JSON.encode(sample_json(row, image_captions, rule))
-            entries.append((key, uid, raw_shard, substituted, unit_hash(params.seed, "order", uid), fate,
-                            long_caption, short, per_caption, meta, member.offset, member.size))
-    return entries
+        data = stack.enter_context(mapped(tar_path)) if members else memoryview(b"")
+        fate = fates(images, rows, found, data, CHECKS[params.check_images])
+    kept = [i for i, drop in enumerate(fate.tolist()) if drop is None]
+    columns = {"fate": fate.tolist(), "substituted": [0] * len(keys), "per_caption": [[]] * len(keys),
+               **{name: [None] * len(keys) for name in ("long", "short", "meta")}}
+    samples = kept_samples(params, records.iloc[kept], [keys[i] for i in kept], [uids[i] for i in kept], rows[kept],
+                           found, per_image)
+    for name, values in samples.items():
+        column = columns[name]
+        for position, value in zip(kept, values):
+            column[position] = value
+    return pd.DataFrame({"key": keys, "uid": uids, "raw_shard": tar_path.stem,
+                         "order": unit_hashes(params.seed, "order", uids), **columns,
+                         "offset": [offset for offset, _ in images], "size": [size for _, size in images]},
+                        columns=INDEX_COLUMNS)
+
+
+def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], uids: list[str], rows: np.ndarray,
+                 found: ImageCaptions, per_image: int) -> dict[str, list]:
+    """The index columns of kept images: their split (seeded by uid), texts, metadata and substituted captions."""
+    split = np.where(unit_hashes(params.seed, "split", uids) < params.val_fraction, "val", "train").tolist()
+    longs, per_caption, substituted = long_texts(params, rows, found, records, keys, per_image)
+    alts = [alt or "" for alt in records["caption"].tolist()] if "caption" in records else [""] * len(keys)
+    shorts, rules = short_texts(params, uids, longs, alts)
+    return {"fate": split, "long": longs, "short": shorts, "per_caption": per_caption if per_image > 1 else [],
+            "meta": sample_jsons(records, keys, rows, found, rules, per_image), "substituted": substituted.tolist()}
 
 
 def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
@@ -325,7 +353,7 @@ def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRu
     jobs = [(tar, records_by_shard.get(tar.stem, empty_records), captions_by_shard.get(tar.stem, empty_captions),
              params, per_image) for tar in tars]
     parts = run_jobs(plan_raw_tar, jobs, "shard: read raw")
-    index = pd.DataFrame([entry for part in parts for entry in part], columns=INDEX_COLUMNS)
+    index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     if index["uid"].duplicated().any():
         raise ShardInputError(f"{raw_dir}: several images share a uid")
     index = index.take(shard_order(index)).drop(columns="order").reset_index(drop=True)
@@ -341,12 +369,23 @@ def shard_order(index: pd.DataFrame) -> np.ndarray:
     return by_order
 
 
-def sample_members(uid: str, image: bytes, long: str, per_caption: list[str], short: str,
-                   meta: str) -> list[tuple[str, bytes]]:
-    """(name, bytes) of one sample: jpg, long.txt, long_0.txt .. (one per caption when K > 1), short.txt, json."""
-    texts = [(f"{uid}.long_{j}.txt", text.encode()) for j, text in enumerate(per_caption)]
-    return [(f"{uid}.jpg", image), (f"{uid}.long.txt", long.encode()), *texts, (f"{uid}.short.txt", short.encode()),
-            (f"{uid}.json", meta.encode())]
+SAMPLES_PER_WRITE = 128  # samples whose members are read and handed to the OS together
+
+
+def sample_members(samples: list[tuple], raw_tars: dict[str, int]) -> tuple[list[str], list[bytes]]:
+    """(names, data) of the samples' members: jpg (its bytes read from the raw tar as downloaded), long.txt,
+    long_0.txt .. (one per caption when K > 1), short.txt, json."""
+    names, datas = [], []
+    for uid, raw, offset, size, long, per_caption, short, meta in samples:
+        if per_caption:
+            names += [f"{uid}.jpg", f"{uid}.long.txt", *(f"{uid}.long_{j}.txt" for j in range(len(per_caption))),
+                      f"{uid}.short.txt", f"{uid}.json"]
+            datas += [read_at(raw_tars[raw], offset, size), long.encode(), *(text.encode() for text in per_caption),
+                      short.encode(), meta.encode()]
+        else:
+            names += (f"{uid}.jpg", f"{uid}.long.txt", f"{uid}.short.txt", f"{uid}.json")
+            datas += (read_at(raw_tars[raw], offset, size), long.encode(), short.encode(), meta.encode())
+    return names, datas
 
 
 def write_shard(path: Path, raw_dir: Path, samples: list[tuple[str, str, int, int, str, list[str], str, str]]) -> None:
@@ -356,9 +395,8 @@ def write_shard(path: Path, raw_dir: Path, samples: list[tuple[str, str, int, in
     with ExitStack() as sources, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
         raw_tars = {name: sources.enter_context(open(raw_dir / f"{name}.tar", "rb")).fileno()
                     for name in {sample[1] for sample in samples}}
-        tar_format.write_members(stream, (member for uid, raw, offset, size, *texts in samples
-                                          for member in sample_members(uid, read_at(raw_tars[raw], offset, size),
-                                                                       *texts)))
+        tar_format.write_tar(stream, (sample_members(samples[start:start + SAMPLES_PER_WRITE], raw_tars)
+                                      for start in range(0, len(samples), SAMPLES_PER_WRITE)))
 
 
 def read_at(fd: int, offset: int, size: int) -> bytes:

@@ -1,4 +1,5 @@
 """The shard stage: exact accounting, reproducible bytes, short-text rules, seeded split, safe tar reading."""
+import hashlib
 import io
 import json
 import tarfile
@@ -215,22 +216,27 @@ def test_truncated_image_is_dropped_by_either_check(tmp_path, check):
 
 def test_short_text_rules():
     params = ShardParams(short_text="alt_text")
-    assert shards.short_text(params, "u", "Long one. Two.", " alt ") == ("alt", "alt_text")
-    assert shards.short_text(params, "u", "Long one. Two.", "") == ("Long one.", "first_sentence")
+    assert shards.short_texts(params, ["u", "v"], ["Long one. Two.", "Long one. Two."], [" alt ", ""]) == (
+        ["alt", "Long one."], ["alt_text", "first_sentence"])
     assert first_sentence("No end at all") == "No end at all"
     assert first_sentence("Version 2.5 is out. Next.") == "Version 2.5 is out."
     both = ShardParams(short_text="both", alt_text_rate=0.3)
-    rules = [shards.short_text(both, f"u{i}", "Long. Two.", "alt")[1] for i in range(2000)]
+    uids = [f"u{i}" for i in range(2000)]
+    _, rules = shards.short_texts(both, uids, ["Long. Two."] * 2000, ["alt"] * 2000)
     assert abs(rules.count("alt_text") / 2000 - 0.3) < 0.05
-    assert rules == [shards.short_text(both, f"u{i}", "Long. Two.", "alt")[1] for i in range(2000)]
+    assert rules == shards.short_texts(both, uids[::-1], ["Long. Two."] * 2000, ["alt"] * 2000)[1][::-1]
 
 
-def test_split_is_per_uid_and_stable_when_data_grows():
-    params = ShardParams(val_fraction=0.2)
-    small = {f"u{i}" for i in range(100) if shards.unit_hash(params.seed, "split", f"u{i}") < 0.2}
-    large = {f"u{i}" for i in range(1000) if shards.unit_hash(params.seed, "split", f"u{i}") < 0.2}
+def test_unit_hashes_are_per_uid_and_match_the_scalar_definition():
+    """The split is stable when the data grows; the vector form equals sha256's first 8 bytes over 2**64."""
+    small = {f"u{i}" for i, h in enumerate(shards.unit_hashes(0, "split", [f"u{i}" for i in range(100)])) if h < 0.2}
+    large = {f"u{i}" for i, h in enumerate(shards.unit_hashes(0, "split", [f"u{i}" for i in range(1000)])) if h < 0.2}
     assert small == {u for u in large if int(u[1:]) < 100}
     assert 100 < len(large) < 300
+    uids = ["a", "b\u00e9", "", "x" * 300]
+    expected = [int.from_bytes(hashlib.sha256(f"7:order:{uid}".encode()).digest()[:8], "big") / 2**64 for uid in uids]
+    assert shards.unit_hashes(7, "order", uids).tolist() == expected
+    assert shards.unit_hashes(7, "order", []).tolist() == []
 
 
 def test_refuses_escaping_member(tmp_path, inputs):
@@ -326,6 +332,15 @@ def test_incomplete_or_repeated_captions_name_the_key(tmp_path):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
     pd.concat([frame, frame.iloc[:1]]).to_parquet(captions / "00000.parquet")
     with pytest.raises(shards.ShardInputError, match="key '000000000' has caption 0 more than once"):
+        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    frame.to_parquet(captions / "00000.parquet")
+    frame[frame["key"] == "000010007"].to_parquet(captions / "00001.parquet")
+    with pytest.raises(shards.ShardInputError, match="00001.parquet: key '000010007' has caption 0 more than once"):
+        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    (captions / "00001.parquet").unlink()
+    frame.assign(caption_index=frame["caption_index"] - (frame["key"] == "000000003")).to_parquet(
+        captions / "00000.parquet")
+    with pytest.raises(shards.ShardInputError, match=r"key '000000003' has captions \[-1, 0, 1\]"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
 
 

@@ -28,10 +28,11 @@ def _tarfile_bytes(members) -> bytes:
 def test_writer_matches_tarfile_gnu_format():
     members = [(name, _payload(i)) for i, name in enumerate(NAMES)]
     ours = io.BytesIO()
-    tar_format.write_members(ours, members)
+    tar_format.write_tar(ours, [([n for n, _ in members[:2]], [d for _, d in members[:2]]), ([], []),
+                                ([n for n, _ in members[2:]], [d for _, d in members[2:]])])
     assert ours.getvalue() == _tarfile_bytes(members)
     empty = io.BytesIO()
-    tar_format.write_members(empty, [])
+    tar_format.write_tar(empty, [])
     assert empty.getvalue() == _tarfile_bytes([])
 
 
@@ -70,9 +71,11 @@ def test_scan_refuses_corrupt_tars(tmp_path):
 
 
 def test_writer_to_a_file_in_several_gathered_writes(tmp_path):
-    """More members than one gathered write takes, memoryviews among the data, written to a real file."""
-    members = [(f"{i:05d}.{'jpg' if i % 2 else 'txt'}", _payload(i % 7)) for i in range(2 * tar_format.BATCH + 5)]
+    """A batch of more pieces than one gathered write takes, then another, memoryviews among the data, written to a
+    real file."""
+    members = [(f"{i:05d}.{'jpg' if i % 2 else 'txt'}", _payload(i % 7)) for i in range(tar_format.IOV_MAX + 5)]
     path = tmp_path / "out.tar"
     with open(path, "wb") as stream:
-        tar_format.write_members(stream, [(name, memoryview(data)) for name, data in members])
+        tar_format.write_tar(stream, [([name for name, _ in part], [memoryview(data) for _, data in part])
+                                      for part in (members[:-3], members[-3:])])
     assert path.read_bytes() == _tarfile_bytes(members)
