@@ -4,11 +4,12 @@ Every successfully downloaded image ends in `train`, `val`, or one named drop cl
 counts add up. Bytes are reproducible: samples are ordered by a seeded hash of their uid, tar members carry
 mtime 0, uid/gid 0 and empty owner names, and image bytes are copied as downloaded.
 
-Three steps: `workers` processes read the raw tars (member offsets, and the image check of every image with an ok
-caption, on a memory map of the tar); this process joins images, records and captions into the index and fixes
-every shard's samples; then the workers write the shards, copying image bytes from the raw tars by offset. Image
-bytes are never all in memory, and the bytes written do not depend on `workers` or on `distributor` (local
-processes or Ray tasks, shared by both steps).
+Three steps: `workers` processes plan one raw shard each (its records, its caption file, member offsets and the
+image check of every image with an ok caption, on a memory map of the tar: see shard_inputs.py), a column at a time;
+this process joins their index rows, orders them and fixes every shard's samples; then the workers write the shards,
+copying image bytes from the raw tars by offset. Image bytes are never all in memory, nor are the raw records and
+captions, and the bytes written do not depend on `workers` or on `distributor` (local processes or Ray tasks, shared
+by both steps).
 
 An image may have K captions (the caption stage's `captions_per_image`, read here from the caption rows). It is
 kept if any is `ok`; `long.txt` is the first ok one. When K > 1 a sample also holds `long_0.txt` .. `long_{K-1}.txt`:
@@ -26,25 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import tar_format
 from pipeline.image_check import CHECKS
 from pipeline.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
+from pipeline.shard_inputs import ShardInputError, captions_per_image, read_captions, read_records
 from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 from pipeline.ray_session import ray_session
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
-
-
-class ShardInputError(RuntimeError):
-    """An input tar is corrupt or holds a member that would escape its folder."""
 
 
 def scan_raw_tar(tar_path: Path) -> dict[str, tuple[int, int]]:
@@ -83,71 +78,6 @@ def short_texts(params: ShardParams, uids: list[str], longs: list[str], alts: li
         shorts.append(alt or first_sentence(long_caption))
         rules.append("alt_text" if alt else "first_sentence")
     return shorts, rules
-
-
-def with_constant(table: pa.Table, name: str, value, kind: pa.DataType) -> pa.Table:
-    return table.append_column(name, pa.array([value] * table.num_rows, kind))
-
-
-def concatenated(tables: list[pa.Table], columns: list[str]) -> pd.DataFrame:
-    """One frame of the tables' rows (columns a table lacks are missing values; ints and floats of one column meet as
-    floats), converted once: pandas' own per-file reads and concat cost twice as much. Tables without rows are left
-    out (pandas writes an empty frame's text columns as numbers); with no rows at all, an empty frame of `columns`."""
-    tables = [table for table in tables if table.num_rows]
-    if not tables:
-        return pd.DataFrame(columns=columns)
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
-
-
-def load_raw_records(raw_dir: Path) -> pd.DataFrame:
-    """img2dataset's per-shard records of successful downloads, with their shard file."""
-    tables = []
-    for parquet in sorted(raw_dir.glob("*.parquet")):
-        table = pq.read_table(parquet)
-        if table.num_rows:
-            success = table.filter(pc.equal(table["status"], "success"))
-            tables.append(with_constant(success, "raw_shard", parquet.stem, pa.string()))
-    return concatenated(tables, ["key", "raw_shard"])
-
-
-CAPTION_COLUMNS = ["key", "caption_index", "caption", "status", "prompt_id", "model"]
-
-
-def load_captions(captions_dir: Path) -> pd.DataFrame:
-    """Every captions parquet's rows (CAPTION_COLUMNS), sorted by key and caption_index. A parquet without
-    `caption_index` (written before the caption stage had `captions_per_image`) holds one caption per key."""
-    parquets = sorted(captions_dir.glob("*.parquet"))
-    tables = []
-    for number, parquet in enumerate(parquets):
-        table = pq.read_table(parquet)
-        if "caption_index" not in table.column_names:
-            table = with_constant(table, "caption_index", 0, pa.int64())
-        table = table.select([column for column in CAPTION_COLUMNS if column in table.column_names])
-        tables.append(with_constant(table, "file", number, pa.int32()))
-    columns = [*CAPTION_COLUMNS, "file"]
-    frame = concatenated(tables, columns).reindex(columns=columns)
-    frame["caption_index"] = frame["caption_index"].astype(int)
-    repeated = frame.duplicated(["key", "caption_index"])
-    if repeated.any():
-        first = frame.iloc[repeated.to_numpy().argmax()]
-        key, index = first["key"], first["caption_index"]
-        raise ShardInputError(f"{parquets[first['file']]}: key {key!r} has caption {index} more than once")
-    return frame.drop(columns="file").sort_values(["key", "caption_index"], kind="stable")
-
-
-def captions_per_image(captions: pd.DataFrame) -> int:
-    """K: the highest caption_index + 1; every captioned key must have captions 0 .. K-1, once each."""
-    if not len(captions):
-        return 1
-    per_image = 1 + int(captions["caption_index"].max())
-    per_key = captions.groupby("key", sort=False)["caption_index"]
-    complete = (per_key.size() == per_image) & (per_key.min() == 0)  # no repeats (load_captions): exactly 0 .. K-1
-    if not complete.all():
-        key = complete.index[~complete.to_numpy()][0]
-        found = captions.loc[captions["key"] == key, "caption_index"].tolist()
-        raise ShardInputError(f"key {key!r} has captions {found}; with {per_image} per image it needs "
-                              f"0 .. {per_image - 1}")
-    return per_image
 
 
 def _present(value) -> bool:
@@ -289,11 +219,27 @@ INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "lon
 SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "long", "per_caption", "short", "meta")  # write_shard's
 
 
+def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, params: ShardParams,
+                   per_image: int) -> tuple[pd.DataFrame, int]:
+    """(one row (INDEX_COLUMNS) per successful download of raw shard `stem`, the keys its caption file holds). A row
+    holds the image's fate, and for a kept image its texts, metadata, where its bytes are in the raw tar (offset,
+    size) and its seeded place in the shard order. Worked out a column at a time; only the image check runs per
+    image."""
+    records, listed = read_records(raw_dir / f"{stem}.parquet")
+    captions = read_captions(captions_dir / f"{stem}.parquet", per_image, listed)
+    tar_path = raw_dir / f"{stem}.tar"
+    if tar_path.exists():
+        index = plan_raw_tar(tar_path, records, captions, params, per_image)
+    elif len(records):
+        raise ShardInputError(f"{raw_dir}: {stem}.parquet lists images but its tar is missing")
+    else:
+        index = pd.DataFrame(columns=INDEX_COLUMNS)
+    return index, int(captions["key"].nunique())
+
+
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
                  per_image: int) -> pd.DataFrame:
-    """One row (INDEX_COLUMNS) per image that `records` lists in this raw shard: its fate, and for a kept image its
-    texts, metadata, where its bytes are in the raw tar (offset, size) and its seeded place in the shard order.
-    Worked out a column at a time; only the image check runs per image."""
+    """The index rows of one raw tar's `records`, given their `captions` (see plan_raw_shard)."""
     members = scan_raw_tar(tar_path)
     keys = records["key"].tolist()
     missing = set(keys) - members.keys()
@@ -334,30 +280,24 @@ def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], ui
 
 
 def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
-    """Decide every raw image's fate, `workers` raw tars at a time; returns the index (one row per image, in shard
+    """Decide every raw image's fate, `workers` raw shards at a time; returns the index (one row per image, in shard
     order) and what the captions hold (`captioned` images, `captions_per_image`)."""
-    records = load_raw_records(raw_dir)
-    captions = load_captions(captions_dir)
-    per_image = captions_per_image(captions)
-    tars = sorted(raw_dir.glob("*.tar"))
-    without_tar = set(records["raw_shard"]) - {tar.stem for tar in tars}
-    if without_tar:
-        raise ShardInputError(f"{raw_dir}: {sorted(without_tar)[0]}.parquet lists images but its tar is missing")
-    shared_keys = records.loc[records["key"].duplicated(), "key"]
+    stems = sorted({path.stem for path in raw_dir.glob("*.tar")} | {path.stem for path in raw_dir.glob("*.parquet")})
+    caption_files = sorted(captions_dir.glob("*.parquet"))
+    for orphan in [path for path in caption_files if path.stem not in stems][:1]:
+        raise ShardInputError(f"{orphan}: captions of no raw shard ({raw_dir} has no {orphan.stem}.parquet)")
+    per_image = captions_per_image(caption_files)
+    jobs = [(raw_dir, stem, captions_dir, params, per_image) for stem in stems]
+    parts = run_jobs(plan_raw_shard, jobs, "shard: read raw")
+    planned = [part for part, _ in parts if len(part)]
+    index = pd.concat(planned, ignore_index=True) if planned else pd.DataFrame(columns=INDEX_COLUMNS)
+    shared_keys = index.loc[index["key"].duplicated(), "key"]
     if len(shared_keys):
         raise ShardInputError(f"{raw_dir}: several images share the key {shared_keys.iloc[0]!r}")
-    shard_of_key = records.set_index("key")["raw_shard"]
-    captions_by_shard = dict(tuple(captions.groupby(captions["key"].map(shard_of_key), sort=False)))
-    records_by_shard = dict(tuple(records.groupby("raw_shard", sort=False)))
-    empty_records, empty_captions = records.iloc[:0], captions.iloc[:0]
-    jobs = [(tar, records_by_shard.get(tar.stem, empty_records), captions_by_shard.get(tar.stem, empty_captions),
-             params, per_image) for tar in tars]
-    parts = run_jobs(plan_raw_tar, jobs, "shard: read raw")
-    index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     if index["uid"].duplicated().any():
         raise ShardInputError(f"{raw_dir}: several images share a uid")
     index = index.take(shard_order(index)).drop(columns="order").reset_index(drop=True)
-    return index, {"captioned": int(captions["key"].nunique()), "captions_per_image": per_image}
+    return index, {"captioned": sum(captioned for _, captioned in parts), "captions_per_image": per_image}
 
 
 def shard_order(index: pd.DataFrame) -> np.ndarray:

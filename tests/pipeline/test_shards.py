@@ -6,10 +6,12 @@ import tarfile
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import shards
+from pipeline import shard_inputs, shards
 from pipeline.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 from tests.conftest import file_digests
@@ -68,15 +70,27 @@ def caption_text(key, caption_index):
 
 
 def make_captions(folder, keys, filtered=(), missing=(), per_image=1, rejected=()):
-    """A captions parquet as the caption stage writes it: `per_image` rows per key (prompt 1, 2, ...); every caption
-    of a `filtered` key and each (key, caption_index) in `rejected` is too_short."""
+    """Captions parquets as the caption stage writes them, one per raw shard (a key's first five digits):
+    `per_image` rows per key (prompt 1, 2, ...); every caption of a `filtered` key and each (key, caption_index) in
+    `rejected` is too_short."""
     folder.mkdir(parents=True)
     rows = [{"key": k, "caption_index": j, "caption": caption_text(k, j), "prompt_id": 1 + j, "model": "tiny",
              "finish_reason": "stop", "tokens": 9,
              "status": "too_short" if k in filtered or (k, j) in rejected else "ok"}
             for k in keys if k not in missing for j in range(per_image)]
-    pd.DataFrame(rows).astype({"caption_index": "int32"}).to_parquet(folder / "00000.parquet")
+    frame = pd.DataFrame(rows).astype({"caption_index": "int32"})
+    for stem, part in frame.groupby(frame["key"].str[:5]):
+        part.to_parquet(folder / f"{stem}.parquet")
     return folder
+
+
+def regroup_captions(captions, raw):
+    """The caption files rewritten one per raw shard of `raw`, by the keys each raw parquet lists."""
+    frame = pd.concat([pd.read_parquet(path) for path in sorted(captions.glob("*.parquet"))])
+    for path in captions.glob("*.parquet"):
+        path.unlink()
+    for parquet in sorted(raw.glob("*.parquet")):
+        frame[frame["key"].isin(pd.read_parquet(parquet)["key"])].to_parquet(captions / parquet.name)
 
 
 @pytest.fixture
@@ -175,6 +189,7 @@ def eight_raw_tars(tmp_path):
             chosen.to_parquet(raw / f"{stem}.parquet")
         tar.unlink()
         (raw / f"{tar.stem}.parquet").unlink()
+    regroup_captions(captions, raw)
     return raw, captions
 
 
@@ -269,7 +284,8 @@ def test_captions_without_caption_index_are_one_per_image(tmp_path, inputs):
     raw, captions = inputs
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    pd.read_parquet(captions / "00000.parquet").drop(columns="caption_index").to_parquet(legacy / "00000.parquet")
+    for path in captions.glob("*.parquet"):
+        pd.read_parquet(path).drop(columns="caption_index").to_parquet(legacy / path.name)
     shards.run(ShardParams(), raw, captions, tmp_path / "a")
     shards.run(ShardParams(), raw, legacy, tmp_path / "b")
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
@@ -334,10 +350,15 @@ def test_incomplete_or_repeated_captions_name_the_key(tmp_path):
     with pytest.raises(shards.ShardInputError, match="key '000000000' has caption 0 more than once"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
     frame.to_parquet(captions / "00000.parquet")
-    frame[frame["key"] == "000010007"].to_parquet(captions / "00001.parquet")
-    with pytest.raises(shards.ShardInputError, match="00001.parquet: key '000010007' has caption 0 more than once"):
+    moved = pd.read_parquet(captions / "00001.parquet")
+    pd.concat([moved, frame.iloc[:1]]).to_parquet(captions / "00001.parquet")
+    with pytest.raises(shards.ShardInputError, match="00001.parquet: key '000000000' is not in raw/00001.parquet"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
-    (captions / "00001.parquet").unlink()
+    moved.to_parquet(captions / "00001.parquet")
+    frame.to_parquet(captions / "00007.parquet")
+    with pytest.raises(shards.ShardInputError, match="00007.parquet: captions of no raw shard"):
+        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    (captions / "00007.parquet").unlink()
     frame.assign(caption_index=frame["caption_index"] - (frame["key"] == "000000003")).to_parquet(
         captions / "00000.parquet")
     with pytest.raises(shards.ShardInputError, match=r"key '000000003' has captions \[-1, 0, 1\]"):
@@ -351,21 +372,25 @@ def test_shard_order_breaks_hash_ties_by_uid():
     assert list(shards.shard_order(index)) == [1, 3, 0, 2, 4]
 
 
-def test_loading_leaves_out_empty_parquets_and_fills_missing_columns(tmp_path):
-    """pandas writes an empty frame's text columns as numbers; a column one shard lacks is missing there."""
-    (tmp_path / "raw").mkdir()
+def test_inputs_read_per_raw_shard(tmp_path):
+    """Records of successful downloads with every listed key; K from parquet statistics (or a file without them, or
+    without caption_index); a missing caption file is no captions."""
     (tmp_path / "captions").mkdir()
-    pd.DataFrame({"key": ["a", "b"], "status": ["success", "failed"], "original_width": [3, 4]}).to_parquet(
-        tmp_path / "raw/00000.parquet")
-    pd.DataFrame({"key": ["c"], "status": ["success"], "original_width": [None], "extra": ["x"]}).to_parquet(
-        tmp_path / "raw/00001.parquet")
-    pd.DataFrame({"key": [], "status": []}).to_parquet(tmp_path / "raw/00002.parquet")
-    records = shards.load_raw_records(tmp_path / "raw")
-    assert records["key"].tolist() == ["a", "c"] and records["raw_shard"].tolist() == ["00000", "00001"]
-    assert records["extra"].tolist() == [None, "x"] and records["original_width"].isna().tolist() == [False, True]
-    pd.DataFrame({"key": [], "caption": [], "status": []}).to_parquet(tmp_path / "captions/empty.parquet")
-    assert shards.load_captions(tmp_path / "captions").empty
-    pd.DataFrame({"key": ["c", "a"], "caption": ["C.", "A."], "status": ["ok", "ok"]}).to_parquet(
-        tmp_path / "captions/some.parquet")
-    captions = shards.load_captions(tmp_path / "captions")
-    assert captions["key"].tolist() == ["a", "c"] and captions["caption_index"].tolist() == [0, 0]
+    raw = tmp_path / "00000.parquet"
+    pd.DataFrame({"key": ["a", "b", "c"], "status": ["success", "failed", "success"],
+                  "original_width": [3, 4, None]}).to_parquet(raw)
+    records, listed = shard_inputs.read_records(raw)
+    assert records["key"].tolist() == ["a", "c"] and listed == {"a", "b", "c"}
+    assert records["original_width"].isna().tolist() == [False, True]
+    assert shard_inputs.read_records(tmp_path / "none.parquet")[0].empty
+    first, second, legacy = (tmp_path / "captions" / f"{n}.parquet" for n in ("00000", "00001", "00002"))
+    pd.DataFrame({"key": ["c", "a", "c", "a"], "caption_index": [1, 1, 0, 0], "caption": ["C1", "A1", "C0", "A0"],
+                  "status": ["ok"] * 4}).to_parquet(first)
+    pq.write_table(pa.table({"key": ["x"], "caption_index": [2]}), second, write_statistics=False)
+    pd.DataFrame({"key": ["y"], "caption": ["Y."], "status": ["ok"]}).to_parquet(legacy)
+    assert shard_inputs.captions_per_image([first]) == 2 and shard_inputs.captions_per_image([legacy]) == 1
+    assert shard_inputs.captions_per_image([first, second, legacy]) == 3
+    captions = shard_inputs.read_captions(first, 2, listed)
+    assert captions["key"].tolist() == ["a", "a", "c", "c"] and captions["caption"].tolist() == ["A0", "A1", "C0", "C1"]
+    assert shard_inputs.read_captions(legacy, 1, {"y"})["caption_index"].tolist() == [0]
+    assert shard_inputs.read_captions(tmp_path / "captions/none.parquet", 2, listed).empty

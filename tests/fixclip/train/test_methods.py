@@ -25,8 +25,9 @@ def write_multi_caption_shards(root, n: int = 32, per_shard: int = 8, captions: 
              "prompt_id": j, "model": "tiny", "finish_reason": "stop", "tokens": 12, "status": "ok"}
             for k in keys for j in range(captions)]
     (root / "captions").mkdir(parents=True)
-    pd.DataFrame(rows).astype({"caption_index": "int32", "prompt_id": "int32", "tokens": "int32"}).to_parquet(
-        root / "captions" / "00000.parquet")
+    frame = pd.DataFrame(rows).astype({"caption_index": "int32", "prompt_id": "int32", "tokens": "int32"})
+    for stem, part in frame.groupby(frame["key"].str[:5]):  # one file per raw shard, as the caption stage writes
+        part.to_parquet(root / "captions" / f"{stem}.parquet")
     shards.run(ShardParams(samples_per_shard=per_shard, val_fraction=0.0), raw, root / "captions", root / "out")
     return root / "out" / "train"
 
