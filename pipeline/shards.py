@@ -19,6 +19,7 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import tar_format
+from pipeline import tar_format, text_records
 from pipeline.image_check import CHECKS
 from pipeline.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
@@ -206,6 +207,17 @@ def ray_map(function: Callable, jobs: list[tuple], desc: str) -> list:
 
 
 @contextmanager
+def mapped_bytes(path: Path) -> Iterator[mmap.mmap | bytes]:
+    """A file mapped into memory, whose slices are bytes (an empty file cannot be mapped: empty bytes then)."""
+    with open(path, "rb") as stream:
+        if not os.fstat(stream.fileno()).st_size:
+            yield b""
+            return
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
+
+
+@contextmanager
 def mapped(path: Path) -> Iterator[memoryview]:
     """A file mapped into memory, as a read-only memoryview: its slices are neither copied nor read by a syscall
     each. Every slice must be gone when the block ends."""
@@ -214,22 +226,22 @@ def mapped(path: Path) -> Iterator[memoryview]:
         yield view
 
 
-INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "long", "short", "per_caption", "meta",
-                 "offset", "size")
-SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "long", "per_caption", "short", "meta")  # write_shard's
+INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "offset", "size", "text_offset",
+                 "text_size")
+SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "text_offset", "text_size")  # write_shard's
 
 
-def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, params: ShardParams,
+def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, texts_dir: Path, params: ShardParams,
                    per_image: int) -> tuple[pd.DataFrame, int]:
     """(one row (INDEX_COLUMNS) per successful download of raw shard `stem`, the keys its caption file holds). A row
-    holds the image's fate, and for a kept image its texts, metadata, where its bytes are in the raw tar (offset,
-    size) and its seeded place in the shard order. Worked out a column at a time; only the image check runs per
-    image."""
+    holds the image's fate, its seeded place in the shard order, where its bytes are in the raw tar (offset, size),
+    and for a kept image where its texts and metadata are in `texts_dir/<stem>.texts` (see text_records.py). Worked
+    out a column at a time; only the image check runs per image."""
     records, listed = read_records(raw_dir / f"{stem}.parquet")
     captions = read_captions(captions_dir / f"{stem}.parquet", per_image, listed)
     tar_path = raw_dir / f"{stem}.tar"
     if tar_path.exists():
-        index = plan_raw_tar(tar_path, records, captions, params, per_image)
+        index = plan_raw_tar(tar_path, records, captions, params, per_image, texts_dir / f"{stem}.texts")
     elif len(records):
         raise ShardInputError(f"{raw_dir}: {stem}.parquet lists images but its tar is missing")
     else:
@@ -238,7 +250,7 @@ def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, params: ShardPa
 
 
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
-                 per_image: int) -> pd.DataFrame:
+                 per_image: int, texts_path: Path) -> pd.DataFrame:
     """The index rows of one raw tar's `records`, given their `captions` (see plan_raw_shard)."""
     members = scan_raw_tar(tar_path)
     keys = records["key"].tolist()
@@ -254,10 +266,11 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
         data = stack.enter_context(mapped(tar_path)) if members else memoryview(b"")
         fate = fates(images, rows, found, data, CHECKS[params.check_images])
     kept = [i for i, drop in enumerate(fate.tolist()) if drop is None]
-    columns = {"fate": fate.tolist(), "substituted": [0] * len(keys), "per_caption": [[]] * len(keys),
-               **{name: [None] * len(keys) for name in ("long", "short", "meta")}}
-    samples = kept_samples(params, records.iloc[kept], [keys[i] for i in kept], [uids[i] for i in kept], rows[kept],
-                           found, per_image)
+    columns = {"fate": fate.tolist(), **{name: [0] * len(keys) for name in ("substituted", "text_offset", "text_size")}}
+    samples, texts = kept_samples(params, records.iloc[kept], [keys[i] for i in kept], [uids[i] for i in kept],
+                                  rows[kept], found, per_image)
+    records_bytes, samples["text_offset"], samples["text_size"] = text_records.pack(texts)
+    texts_path.write_bytes(records_bytes)
     for name, values in samples.items():
         column = columns[name]
         for position, value in zip(kept, values):
@@ -269,25 +282,32 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
 
 
 def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], uids: list[str], rows: np.ndarray,
-                 found: ImageCaptions, per_image: int) -> dict[str, list]:
-    """The index columns of kept images: their split (seeded by uid), texts, metadata and substituted captions."""
+                 found: ImageCaptions, per_image: int) -> tuple[dict[str, list], list[list[str]]]:
+    """(the index columns of kept images: their split (seeded by uid) and substituted captions; their texts in member
+    order: long, long per caption when K > 1, short, json)."""
     split = np.where(unit_hashes(params.seed, "split", uids) < params.val_fraction, "val", "train").tolist()
     longs, per_caption, substituted = long_texts(params, rows, found, records, keys, per_image)
     alts = [alt or "" for alt in records["caption"].tolist()] if "caption" in records else [""] * len(keys)
     shorts, rules = short_texts(params, uids, longs, alts)
-    return {"fate": split, "long": longs, "short": shorts, "per_caption": per_caption if per_image > 1 else [],
-            "meta": sample_jsons(records, keys, rows, found, rules, per_image), "substituted": substituted.tolist()}
+    metas = sample_jsons(records, keys, rows, found, rules, per_image)
+    if per_image == 1:
+        texts = [[long, short, meta] for long, short, meta in zip(longs, shorts, metas)]
+    else:
+        texts = [[long, *each, short, meta] for long, each, short, meta in zip(longs, per_caption, shorts, metas)]
+    return {"fate": split, "substituted": substituted.tolist()}, texts
 
 
-def plan(raw_dir: Path, captions_dir: Path, params: ShardParams, run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
-    """Decide every raw image's fate, `workers` raw shards at a time; returns the index (one row per image, in shard
-    order) and what the captions hold (`captioned` images, `captions_per_image`)."""
+def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams,
+         run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
+    """Decide every raw image's fate, `workers` raw shards at a time, their texts going to `texts_dir`; returns the
+    index (one row per image, in shard order) and what the captions hold (`captioned` images,
+    `captions_per_image`)."""
     stems = sorted({path.stem for path in raw_dir.glob("*.tar")} | {path.stem for path in raw_dir.glob("*.parquet")})
     caption_files = sorted(captions_dir.glob("*.parquet"))
     for orphan in [path for path in caption_files if path.stem not in stems][:1]:
         raise ShardInputError(f"{orphan}: captions of no raw shard ({raw_dir} has no {orphan.stem}.parquet)")
     per_image = captions_per_image(caption_files)
-    jobs = [(raw_dir, stem, captions_dir, params, per_image) for stem in stems]
+    jobs = [(raw_dir, stem, captions_dir, texts_dir, params, per_image) for stem in stems]
     parts = run_jobs(plan_raw_shard, jobs, "shard: read raw")
     planned = [part for part, _ in parts if len(part)]
     index = pd.concat(planned, ignore_index=True) if planned else pd.DataFrame(columns=INDEX_COLUMNS)
@@ -312,30 +332,35 @@ def shard_order(index: pd.DataFrame) -> np.ndarray:
 SAMPLES_PER_WRITE = 128  # samples whose members are read and handed to the OS together
 
 
-def sample_members(samples: list[tuple], raw_tars: dict[str, int]) -> tuple[list[str], list[bytes]]:
+def sample_members(samples: list[tuple], sources: dict[str, tuple[int, int]],
+                   texts_per_sample: int) -> tuple[list[str], list[bytes]]:
     """(names, data) of the samples' members: jpg (its bytes read from the raw tar as downloaded), long.txt,
-    long_0.txt .. (one per caption when K > 1), short.txt, json."""
+    long_0.txt .. (one per caption when K > 1), short.txt, json (read from the raw shard's text records)."""
     names, datas = [], []
-    for uid, raw, offset, size, long, per_caption, short, meta in samples:
-        if per_caption:
-            names += [f"{uid}.jpg", f"{uid}.long.txt", *(f"{uid}.long_{j}.txt" for j in range(len(per_caption))),
-                      f"{uid}.short.txt", f"{uid}.json"]
-            datas += [read_at(raw_tars[raw], offset, size), long.encode(), *(text.encode() for text in per_caption),
-                      short.encode(), meta.encode()]
+    extra = [f"long_{j}.txt" for j in range(texts_per_sample - 3)]
+    for uid, raw, offset, size, text_offset, text_size in samples:
+        tar, texts = sources[raw]
+        if extra:
+            names += [f"{uid}.jpg", f"{uid}.long.txt", *[f"{uid}.{suffix}" for suffix in extra], f"{uid}.short.txt",
+                      f"{uid}.json"]
         else:
             names += (f"{uid}.jpg", f"{uid}.long.txt", f"{uid}.short.txt", f"{uid}.json")
-            datas += (read_at(raw_tars[raw], offset, size), long.encode(), short.encode(), meta.encode())
+        datas.append(read_at(tar, offset, size))
+        datas += text_records.unpack(texts[text_offset:text_offset + text_size], texts_per_sample)
     return names, datas
 
 
-def write_shard(path: Path, raw_dir: Path, samples: list[tuple[str, str, int, int, str, list[str], str, str]]) -> None:
-    """One tar of (uid, raw shard, offset, size, long, long per caption, short, json) samples, written to a temp name
+def write_shard(path: Path, raw_dir: Path, texts_dir: Path, samples: list[tuple[str, str, int, int, int, int]],
+                texts_per_sample: int) -> None:
+    """One tar of (uid, raw shard, image offset, image size, text offset, text size) samples, written to a temp name
     then renamed; image bytes are copied from the raw tars as downloaded."""
     # Not synced: this stage has no resume (a crash reruns it whole), and DVC hashes the shards after it ends.
-    with ExitStack() as sources, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
-        raw_tars = {name: sources.enter_context(open(raw_dir / f"{name}.tar", "rb")).fileno()
-                    for name in {sample[1] for sample in samples}}
-        tar_format.write_tar(stream, (sample_members(samples[start:start + SAMPLES_PER_WRITE], raw_tars)
+    with ExitStack() as files, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
+        sources = {name: (files.enter_context(open(raw_dir / f"{name}.tar", "rb")).fileno(),
+                          files.enter_context(mapped_bytes(texts_dir / f"{name}.texts")))
+                   for name in {sample[1] for sample in samples}}
+        tar_format.write_tar(stream, (sample_members(samples[start:start + SAMPLES_PER_WRITE], sources,
+                                                     texts_per_sample)
                                       for start in range(0, len(samples), SAMPLES_PER_WRITE)))
 
 
@@ -343,13 +368,15 @@ def read_at(fd: int, offset: int, size: int) -> bytes:
     """`size` bytes at `offset` in one call (a mapped file's page faults cost more, measured); names a short read."""
     data = os.pread(fd, size, offset)
     if len(data) != size:
-        raise ShardInputError(f"a raw tar ended at byte {offset + len(data)} while it was being read: was it changed?")
+        raise ShardInputError(f"an input ended at byte {offset + len(data)} while it was being read: was it changed?")
     return data
 
 
-def write(index: pd.DataFrame, raw_dir: Path, out_dir: Path, params: ShardParams, run_jobs: JobRunner) -> dict:
+def write(index: pd.DataFrame, raw_dir: Path, texts_dir: Path, out_dir: Path, params: ShardParams, per_image: int,
+          run_jobs: JobRunner) -> dict:
     """Write train/ and val/ shards and the index; returns shard counts per split. Every shard's samples are fixed
     by the index before any is written, so the bytes do not depend on `workers`."""
+    texts_per_sample = 3 + (per_image if per_image > 1 else 0)  # long, long_0 .. long_{K-1} when K > 1, short, json
     shard_counts, jobs = {}, []
     column = pd.Series(pd.NA, index=index.index, dtype="string")
     for split in ("train", "val"):
@@ -361,7 +388,7 @@ def write(index: pd.DataFrame, raw_dir: Path, out_dir: Path, params: ShardParams
             part = chosen.iloc[start:start + params.samples_per_shard]
             name = f"{split}-{number:06d}.tar"
             samples = list(zip(*(part[c].tolist() for c in SAMPLE_COLUMNS)))
-            jobs.append((folder / name, raw_dir, samples))
+            jobs.append((folder / name, raw_dir, texts_dir, samples, texts_per_sample))
             column[part.index] = f"{split}/{name}"
         shard_counts[split] = len(starts)
     run_jobs(write_shard, jobs, "shard: write")
@@ -390,7 +417,12 @@ def count(index: pd.DataFrame, captions: dict, shard_counts: dict) -> dict:
 
 
 def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -> dict:
-    with job_runner(params) as run_jobs:
-        index, captions = plan(raw_dir, captions_dir, params, run_jobs)
-        shard_counts = write(index, raw_dir, out_dir, params, run_jobs)
+    texts_dir = out_dir / ".texts"  # scratch: the planned texts of every raw shard, gone when the stage ends
+    texts_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with job_runner(params) as run_jobs:
+            index, captions = plan(raw_dir, captions_dir, texts_dir, params, run_jobs)
+            shard_counts = write(index, raw_dir, texts_dir, out_dir, params, captions["captions_per_image"], run_jobs)
+    finally:
+        shutil.rmtree(texts_dir, ignore_errors=True)
     return count(index, captions, shard_counts)

@@ -125,6 +125,7 @@ def test_every_image_accounted(tmp_path, inputs):
     assert metrics["train"] + metrics["val"] == 8 and metrics["val"] > 0
     index = pd.read_parquet(tmp_path / "out/index.parquet")
     assert len(index) == 11 and index["uid"].is_unique
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["index.parquet", "train", "val"]
     written = {m.name.split(".")[0] for split in ("train", "val") for tar in (tmp_path / "out" / split).glob("*.tar")
                for m, _ in _read(tar)}
     assert written == set(index.loc[index["fate"].isin(["train", "val"]), "uid"])
@@ -269,6 +270,7 @@ def test_corrupt_tar_names_the_file(tmp_path, inputs):
     (raw / "00001.tar").write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(shards.ShardInputError, match=r"00001.tar: corrupt tar"):
         shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [], "the planned texts are scratch, gone after a failed run too"
 
 
 def test_one_caption_per_image_keeps_the_bytes_of_before(tmp_path):
