@@ -86,8 +86,8 @@ def _present(value) -> bool:
 
 
 class ImageCaptions:
-    """The captions of some images as (images, K) arrays, one row per image in key order (load_captions sorts by key
-    and caption_index, and captions_per_image makes every block exactly 0 .. K-1)."""
+    """The captions of some images as (images, K) arrays, one row per image in key order (read_captions gives them
+    sorted by key and caption_index, every key with exactly 0 .. K-1)."""
 
     def __init__(self, captions: pd.DataFrame, per_image: int):
         def blocks(values: list) -> np.ndarray:
@@ -269,8 +269,8 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
     columns = {"fate": fate.tolist(), **{name: [0] * len(keys) for name in ("substituted", "text_offset", "text_size")}}
     samples, texts = kept_samples(params, records.iloc[kept], [keys[i] for i in kept], [uids[i] for i in kept],
                                   rows[kept], found, per_image)
-    records_bytes, samples["text_offset"], samples["text_size"] = text_records.pack(texts)
-    texts_path.write_bytes(records_bytes)
+    packed, samples["text_offset"], samples["text_size"] = text_records.pack(texts)
+    texts_path.write_bytes(packed)
     for name, values in samples.items():
         column = columns[name]
         for position, value in zip(kept, values):
