@@ -184,7 +184,7 @@ def job_runner(params: ShardParams) -> Iterator[JobRunner]:
     elif params.workers == 1:
         yield lambda function, jobs, desc: [function(*job) for job in tqdm(jobs, **progress(jobs, desc))]
     else:
-        with ProcessPoolExecutor(params.workers) as pool:  # processes start as jobs come, up to `workers`
+        with ProcessPoolExecutor(params.workers) as pool:  # with fork, all `workers` start at the first job
             yield lambda function, jobs, desc: list(tqdm(pool.map(function, *zip(*jobs)), **progress(jobs, desc)))
 
 
