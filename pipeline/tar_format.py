@@ -1,8 +1,9 @@
 """Reading and writing the flat tars of webdataset without `tarfile`'s per-member cost.
 
 Reading: the regular-file members of a tar as (name, data offset, size), from the 512-byte headers alone, found by
-hopping over each member's data and then checked and parsed as one array. Plain ustar/GNU headers are parsed here; any other member type (long names, pax headers, links) hands the whole tar to
-`tarfile`, so every valid tar reads the same either way.
+hopping over each member's data and then checked and parsed as one array. Plain ustar/GNU headers are parsed here;
+any other member type (long names, pax headers, links) hands the whole tar to `tarfile`, so every valid tar reads
+the same either way.
 
 Writing: members with fixed metadata (mode 0644, uid/gid 0, empty owner names, mtime 0), byte-identical to what
 `tarfile` writes in GNU format for the same names and data (a test keeps it so). The layout is POSIX ustar
@@ -72,18 +73,24 @@ def scan(path: Path) -> list[Member]:
     kinds = block[:, 156]
     if not np.isin(kinds, PLAIN_TYPES).all() or block[:, 345:500].any():  # other types; prefix field: long path
         return _scan_with_tarfile(path)
-    names = [name.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-             for name in np.ascontiguousarray(block[:, :NAME_FIELD]).view(f"S{NAME_FIELD}").ravel().tolist()]
+    fields = np.ascontiguousarray(block[:, :NAME_FIELD]).view(f"S{NAME_FIELD}").ravel().tolist()
+    names = [_name(field) for field in fields]
     is_file = (kinds != DIRECTORY).tolist()
     names = [name if file else name.rstrip("/") for name, file in zip(names, is_file)]  # as tarfile names folders
     return list(map(Member, names, [start + BLOCK for start in starts], sizes, is_file))
+
+
+def _name(field: bytes) -> str:
+    """A header's name field as tarfile reads it: up to the first NUL, undecodable bytes kept as surrogates."""
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def _checksums_match(block: np.ndarray, stored: np.ndarray) -> np.ndarray:
     """Per header: the stored checksum is its byte sum with the checksum field as spaces, bytes summed unsigned or
     (as some old writers did, and tarfile accepts) signed."""
     def summed(headers: np.ndarray, kind: type) -> np.ndarray:
-        return (headers.sum(axis=1, dtype=kind) - headers[:, 148:156].sum(axis=1, dtype=kind)).astype(np.int64) + 256
+        spaces = 8 * ord(" ")  # the checksum field itself counts as eight spaces
+        return (headers.sum(axis=1, dtype=kind) - headers[:, 148:156].sum(axis=1, dtype=kind)).astype(np.int64) + spaces
 
     match = stored == summed(block, np.uint32)
     wrong = np.flatnonzero(~match)
@@ -113,8 +120,7 @@ def _hop(data: mmap.mmap, length: int) -> tuple[list[bytes], list[int], list[int
         sizes.append(size)
         offset += BLOCK + size
         if offset > length:
-            name = header[:NAME_FIELD].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            return headers, starts, sizes, stored, f"member {name!r} is cut short"
+            return headers, starts, sizes, stored, f"member {_name(header[:NAME_FIELD])!r} is cut short"
         offset += -size % BLOCK
     return headers, starts, sizes, stored, None
 

@@ -3,7 +3,8 @@ from pipeline import text_records
 
 
 def test_records_round_trip_by_offset_and_size():
-    samples = [["Long caption. Two.", "caf\u00e9 \U0001f600", '{"key": "a"}'], ["", "short", "{}"], ["x" * 5000, "", ""]]
+    samples = [["Long caption. Two.", "caf\u00e9 \U0001f600", '{"key": "a"}'], ["", "short", "{}"],
+               ["x" * 5000, "", ""]]
     data, offsets, sizes = text_records.pack(samples)
     assert len(data) == sum(sizes) and offsets == [0, sizes[0], sizes[0] + sizes[1]]
     for texts, offset, size in zip(samples, offsets, sizes):
