@@ -81,6 +81,11 @@ def short_texts(params: ShardParams, uids: list[str], longs: list[str], alts: li
     return shorts, rules
 
 
+def values(frame: pd.DataFrame, name: str) -> list:
+    """A column's values as Python objects; None for each row where the frame has no such column."""
+    return frame[name].tolist() if name in frame else [None] * len(frame)
+
+
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)
 
@@ -95,14 +100,11 @@ class ImageCaptions:
             array[:] = values
             return array.reshape(-1, per_image)
 
-        def column(name: str) -> list:
-            return captions[name].tolist() if name in captions else [None] * len(captions)
-
         self.keys = pd.Index(captions["key"].to_numpy()[::per_image])
         self.ok = (captions["status"] == "ok").to_numpy().reshape(-1, per_image)
-        self.texts = blocks(column("caption"))
-        self.models = blocks([model if _present(model) else None for model in column("model")])
-        self.prompt_ids = blocks([int(p) if _present(p) else None for p in column("prompt_id")])
+        self.texts = blocks(values(captions, "caption"))
+        self.models = blocks([model if _present(model) else None for model in values(captions, "model")])
+        self.prompt_ids = blocks([int(p) if _present(p) else None for p in values(captions, "prompt_id")])
 
     def rows_of(self, keys: list[str]) -> np.ndarray:
         """Each key's row, -1 where it has no caption."""
@@ -135,7 +137,7 @@ def long_texts(params: ShardParams, rows: np.ndarray, found: ImageCaptions, reco
     first ok caption; text j is caption j if ok, else the first ok caption. `long_text: ground_truth` uses the
     source's description (the toy world's) for all of them."""
     if params.long_text == "ground_truth":
-        truths = records["long_description"].tolist() if "long_description" in records else [None] * len(keys)
+        truths = values(records, "long_description")
         for key, truth in zip(keys, truths):
             if not isinstance(truth, str) or not truth.strip():
                 raise ShardInputError(f"shard.long_text: ground_truth needs the source's long descriptions (the toy "
@@ -151,20 +153,17 @@ def sample_jsons(records: pd.DataFrame, keys: list[str], rows: np.ndarray, found
                  per_image: int) -> list[str]:
     """Each kept sample's metadata as JSON: model and prompt_id are the long text's caption's, `prompt_ids` (K > 1)
     all of them."""
-    def column(name: str) -> list:
-        return records[name].tolist() if name in records else [None] * len(keys)
-
     first = found.first_ok(rows)
-    widths, heights = column("original_width"), column("original_height")
+    widths, heights = values(records, "original_width"), values(records, "original_height")
     columns = {
-        "key": keys, "uid": records["uid"].tolist() if "uid" in records else keys, "url": column("url"),
-        "alt_text": [alt or "" for alt in column("caption")],
+        "key": keys, "uid": records["uid"].tolist() if "uid" in records else keys, "url": values(records, "url"),
+        "alt_text": [alt or "" for alt in values(records, "caption")],
         "caption_model": found.models[rows, first].tolist(),
         "prompt_id": found.prompt_ids[rows, first].tolist(),
         "short_text_rule": rules,
         "original_size": [f"[{int(w)}, {int(h)}]" if _present(w) else "null" for w, h in zip(widths, heights)],
-        "long_description": [d if isinstance(d, str) else ABSENT for d in column("long_description")],
-        "scene": [json.loads(s) if isinstance(s, str) else ABSENT for s in column("scene")],
+        "long_description": [d if isinstance(d, str) else ABSENT for d in values(records, "long_description")],
+        "scene": [json.loads(s) if isinstance(s, str) else ABSENT for s in values(records, "scene")],
     }
     if per_image > 1:
         columns["prompt_ids"] = found.prompt_ids[rows].tolist()
@@ -207,23 +206,16 @@ def ray_map(function: Callable, jobs: list[tuple], desc: str) -> list:
 
 
 @contextmanager
-def mapped_bytes(path: Path) -> Iterator[mmap.mmap | bytes]:
-    """A file mapped into memory, whose slices are bytes (an empty file cannot be mapped: empty bytes then)."""
+def mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
+    """A file mapped into memory, read-only: its slices are bytes, read without a syscall each (a memoryview of it
+    slices without copying; every such slice must be gone when the block ends). An empty file, which cannot be
+    mapped, is empty bytes."""
     with open(path, "rb") as stream:
         if not os.fstat(stream.fileno()).st_size:
             yield b""
             return
         with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
             yield data
-
-
-@contextmanager
-def mapped(path: Path) -> Iterator[memoryview]:
-    """A file mapped into memory, as a read-only memoryview: its slices are neither copied nor read by a syscall
-    each. Every slice must be gone when the block ends."""
-    with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data, \
-            memoryview(data) as view:
-        yield view
 
 
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "offset", "size", "text_offset",
@@ -262,9 +254,8 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
     uids = [str(uid) for uid in records["uid"].tolist()] if "uid" in records else keys
     found = ImageCaptions(captions, per_image)
     rows = found.rows_of(keys)
-    with ExitStack() as stack:
-        data = stack.enter_context(mapped(tar_path)) if members else memoryview(b"")
-        fate = fates(images, rows, found, data, CHECKS[params.check_images])
+    with mapped(tar_path) as data, memoryview(data) as view:
+        fate = fates(images, rows, found, view, CHECKS[params.check_images])
     kept = [i for i, drop in enumerate(fate.tolist()) if drop is None]
     columns = {"fate": fate.tolist(), **{name: [0] * len(keys) for name in ("substituted", "text_offset", "text_size")}}
     samples, texts = kept_samples(params, records.iloc[kept], [keys[i] for i in kept], [uids[i] for i in kept],
@@ -287,7 +278,7 @@ def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], ui
     order: long, long per caption when K > 1, short, json)."""
     split = np.where(unit_hashes(params.seed, "split", uids) < params.val_fraction, "val", "train").tolist()
     longs, per_caption, substituted = long_texts(params, rows, found, records, keys, per_image)
-    alts = [alt or "" for alt in records["caption"].tolist()] if "caption" in records else [""] * len(keys)
+    alts = [alt or "" for alt in values(records, "caption")]
     shorts, rules = short_texts(params, uids, longs, alts)
     metas = sample_jsons(records, keys, rows, found, rules, per_image)
     if per_image == 1:
@@ -357,7 +348,7 @@ def write_shard(path: Path, raw_dir: Path, texts_dir: Path, samples: list[tuple[
     # Not synced: this stage has no resume (a crash reruns it whole), and DVC hashes the shards after it ends.
     with ExitStack() as files, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
         sources = {name: (files.enter_context(open(raw_dir / f"{name}.tar", "rb")).fileno(),
-                          files.enter_context(mapped_bytes(texts_dir / f"{name}.texts")))
+                          files.enter_context(mapped(texts_dir / f"{name}.texts")))
                    for name in {sample[1] for sample in samples}}
         tar_format.write_tar(stream, (sample_members(samples[start:start + SAMPLES_PER_WRITE], sources,
                                                      texts_per_sample)
