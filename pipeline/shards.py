@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import tar_format, text_records
+from pipeline import file_limit, tar_format, text_records
 from pipeline.image_check import CHECKS
 from pipeline.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
@@ -298,6 +298,13 @@ def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams
     caption_files = sorted(captions_dir.glob("*.parquet"))
     for orphan in [path for path in caption_files if path.stem not in stems][:1]:
         raise ShardInputError(f"{orphan}: captions of no raw shard ({raw_dir} has no {orphan.stem}.parquet)")
+    sources = min(len(stems), params.samples_per_shard)  # the raw shards one shard's samples can come from
+    try:  # before the workers start, so they inherit it
+        file_limit.room_for(2 * sources)
+    except file_limit.FileLimitError as exc:
+        raise ShardInputError(f"shard.samples_per_shard: writing a shard opens 2 files per raw shard its samples come "
+                              f"from, here up to {sources}; {exc}. Lower shard.samples_per_shard or raise the hard "
+                              f"limit") from exc
     per_image = captions_per_image(caption_files)
     jobs = [(raw_dir, stem, captions_dir, texts_dir, params, per_image) for stem in stems]
     parts = run_jobs(plan_raw_shard, jobs, "shard: read raw")
@@ -351,10 +358,12 @@ def write_shard(path: Path, raw_dir: Path, texts_dir: Path, columns: dict[str, n
     size) are `columns`, written to a temp name then renamed; image bytes are copied from the raw tars as
     downloaded."""
     samples = list(zip(*(columns[name].tolist() for name in SAMPLE_COLUMNS)))
+    raws = set(columns["raw_shard"].tolist())
+    file_limit.room_for(2 * len(raws))  # a worker elsewhere (Ray) did not inherit the stage's limit
     # Not synced: this stage has no resume (a crash reruns it whole), and DVC hashes the shards after it ends.
     with ExitStack() as files, atomic_path(path, durable=False) as tmp, open(tmp, "wb") as stream:
         sources = {name: (read_only(files, f"{raw_dir}/{name}.tar"), read_only(files, f"{texts_dir}/{name}.texts"))
-                   for name in set(columns["raw_shard"].tolist())}
+                   for name in raws}
         tar_format.write_tar(stream, (sample_members(samples[start:start + SAMPLES_PER_WRITE], sources,
                                                      texts_per_sample)
                                       for start in range(0, len(samples), SAMPLES_PER_WRITE)))

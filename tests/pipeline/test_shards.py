@@ -2,7 +2,11 @@
 import hashlib
 import io
 import json
+import resource
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -396,3 +400,42 @@ def test_inputs_read_per_raw_shard(tmp_path):
     assert captions["key"].tolist() == ["a", "a", "c", "c"] and captions["caption"].tolist() == ["A0", "A1", "C0", "C1"]
     assert shard_inputs.read_captions(legacy, 1, {"y"})["caption_index"].tolist() == [0]
     assert shard_inputs.read_captions(tmp_path / "captions/none.parquet", 2, listed).empty
+
+
+def make_one_image_raw_shards(folder, count):
+    """`count` raw shards of one image each, with their caption files: a shard of all samples draws on every one."""
+    for stem in (f"{shard:05d}" for shard in range(count)):
+        (folder / "raw").mkdir(parents=True, exist_ok=True)
+        with tarfile.open(folder / "raw" / f"{stem}.tar", "w") as archive:
+            _add(archive, f"{stem}0000.png", TINY_PNG)
+        pd.DataFrame([{"key": f"{stem}0000", "uid": f"u{stem}", "status": "success", "caption": "alt"}]).to_parquet(
+            folder / "raw" / f"{stem}.parquet")
+    keys = [f"{shard:05d}0000" for shard in range(count)]
+    make_captions(folder / "captions", keys)
+
+
+def run_with_file_limit(folder, soft, hard, workers):
+    """The shard stage on folder/raw in a fresh process whose open-file limit is (soft, hard)."""
+    script = (f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+              "from pathlib import Path; from pipeline import shards; from pipeline.params.shard import ShardParams\n"
+              f"print(shards.run(ShardParams(workers={workers}, check_images='header'), Path('raw'), "
+              "Path('captions'), Path('out'))['train'])")
+    return subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(shards.__file__).parents[1]), "TQDM_DISABLE": "1"})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_shard_may_draw_on_more_raw_shards_than_the_soft_file_limit(tmp_path, workers):
+    """120 raw shards feed one shard: 240 open files, past a soft limit of 200 (the stage raises it to fit)."""
+    make_one_image_raw_shards(tmp_path, 120)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    done = run_with_file_limit(tmp_path, 200, hard, workers)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "out" / "train").glob("*.tar"))) == 1 and int(done.stdout) >= 100
+
+
+def test_a_hard_file_limit_too_low_fails_before_any_work_naming_the_key(tmp_path):
+    make_one_image_raw_shards(tmp_path, 120)
+    done = run_with_file_limit(tmp_path, 200, 200, 2)
+    assert done.returncode != 0 and "shard.samples_per_shard" in done.stderr and "hard limit is 200" in done.stderr
+    assert not list((tmp_path / "out").rglob("*.tar"))
