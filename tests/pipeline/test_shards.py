@@ -2,6 +2,7 @@
 import hashlib
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -421,7 +422,7 @@ def run_with_file_limit(folder, soft, hard, workers):
               f"print(shards.run(ShardParams(workers={workers}, check_images='header'), Path('raw'), "
               "Path('captions'), Path('out'))['train'])")
     return subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(Path(shards.__file__).parents[1]), "TQDM_DISABLE": "1"})
+                          env={**os.environ, "PYTHONPATH": str(Path(shards.__file__).parents[1]), "TQDM_DISABLE": "1"})
 
 
 @pytest.mark.parametrize("workers", [1, 2])
