@@ -11,6 +11,10 @@ stage / tar >= 0.5. Runs alternate (stage configs, then tar) after one warm-up e
 A second anchor, for the header check: `tar cf` of the members the stage writes (image, long.txt, short.txt, json
 per sample, extracted from its shards), i.e. tar doing the same writing. It shows how much of the gap is the three
 text members per image rather than the stage's own work.
+
+Also printed, not a goal: each config's fixed cost per run (the stage and `tar cf` on 20 images in 2 raw tars, timed
+in the same rounds) and the ratio of the per-image rates once it is taken off, i.e. the ratio a much larger input
+tends to.
 """
 import argparse
 import io
@@ -66,6 +70,7 @@ def make_inputs(work: Path, count: int, size: int = 64, per_shard: int = 1000) -
 
 
 CONFIGS = [("decode", 1), ("decode", 2), ("header", 1), ("header", 2)]  # decode with 2 workers: the default
+FIXED_IMAGES = 20  # the input whose run time stands for a run's fixed cost
 
 
 def time_stage(work: Path, check: str, workers: int) -> float:
@@ -93,31 +98,43 @@ def extract_members(work: Path) -> None:
 def measure(size: int, images: int, repeats: int) -> list[dict]:
     """Rows (ours vs tar cf, MiB/s of image bytes) for one image size."""
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
-        work = Path(tmp)
+        work, tiny = Path(tmp) / "full", Path(tmp) / "tiny"
+        work.mkdir()
+        tiny.mkdir()
         total = make_inputs(work, images, size)
-        for check, workers in CONFIGS:  # warm-up: page cache, imports, process pool start-up paths
-            time_stage(work, check, workers)
+        make_inputs(tiny, FIXED_IMAGES, size, per_shard=FIXED_IMAGES // 2)
+        for config in CONFIGS:  # warm-up: page cache, imports, process pool start-up paths
+            time_stage(work, *config)
+            time_stage(tiny, *config)
         extract_members(work)
         time_tar(work)
         time_tar(work, "members")
         stage_s = {config: [] for config in CONFIGS}
-        tar_s, members_s = [], []
+        fixed_s = {config: [] for config in CONFIGS}
+        tar_s, members_s, tar_fixed_s = [], [], []
         for _ in range(repeats):
             for config in CONFIGS:
                 stage_s[config].append(time_stage(work, *config))
+                fixed_s[config].append(time_stage(tiny, *config))
             tar_s.append(time_tar(work))
             members_s.append(time_tar(work, "members"))
+            tar_fixed_s.append(time_tar(tiny))
     tar_rate = total / statistics.median(tar_s) / 2**20
     members_rate = total / statistics.median(members_s) / 2**20
     print(f"{size} px: {images} images, {total / 2**20:.1f} MiB; tar cf {tar_rate:.1f} MiB/s "
           f"(runs: {', '.join(f'{s:.3f}s' for s in tar_s)}); tar cf of the stage's members {members_rate:.1f} MiB/s "
           f"of images (runs: {', '.join(f'{s:.3f}s' for s in members_s)})")
+    tar_fixed = statistics.median(tar_fixed_s)
     rows = []
     for (check, workers), times in stage_s.items():
         rate = total / statistics.median(times) / 2**20
+        fixed = statistics.median(fixed_s[(check, workers)])
+        per_image = (statistics.median(tar_s) - tar_fixed) / (statistics.median(times) - fixed)
         print(f"  shard stage, check_images={check}, workers={workers}: {rate:8.1f} MiB/s  ratio vs tar "
               f"{rate / tar_rate:.3f} (goal >= 0.5)  vs tar of the same members {rate / members_rate:.3f}  "
               f"runs: {', '.join(f'{s:.3f}s' for s in times)}")
+        print(f"    fixed cost per run {fixed * 1000:.0f} ms (tar cf {tar_fixed * 1000:.0f} ms); without it, "
+              f"ratio vs tar {per_image:.3f}")
         name = f"shard {size}px, check {check}, {workers} worker{'s' * (workers > 1)}"
         rows.append({"name": name, "ours": rate, "anchor": tar_rate, "anchor_name": "tar cf", "unit": "MiB/s",
                      "goal": ">= 0.5"})

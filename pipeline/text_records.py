@@ -1,7 +1,6 @@
 """The texts of a raw shard's kept samples, as the worker that planned them hands them to the workers that write:
 one scratch file of records, each the byte lengths of its texts (little-endian uint32) then the UTF-8 texts, read
-back by (offset, size) from a memory map. The stage's own process then holds two numbers per
-sample instead of its texts."""
+back by (offset, size). The stage's own process then holds two numbers per sample instead of its texts."""
 import struct
 from itertools import accumulate
 
