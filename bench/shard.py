@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="64,256", help="image sizes in pixels, comma-separated")
     args = parser.parse_args()
+    if args.images <= FIXED_IMAGES:
+        parser.error(f"--images must be more than {FIXED_IMAGES}, the input that stands for a run's fixed cost")
     print(f"repeats: {args.repeats}, {os.cpu_count()} cores")
     rows = [row for size in map(int, args.sizes.split(",")) for row in measure(size, args.images, args.repeats)]
     emit("shard", rows)
