@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import emit  # noqa: E402
-from pipeline import toyworld  # noqa: E402
-from pipeline.download import resolve_file_urls  # noqa: E402
+from pipeline.toyworld import scenes  # noqa: E402
+from pipeline.download.run import resolve_file_urls  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
         work = Path(tmp)
-        urls = toyworld.generate(world, work / "data/toyworld")
+        urls = scenes.generate(world, work / "data/toyworld")
         (work / "data").mkdir(exist_ok=True)
         urls.to_parquet(work / "data/urls.parquet", index=False)
         absolute = urls.assign(url=resolve_file_urls(urls["url"], work))

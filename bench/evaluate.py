@@ -34,7 +34,7 @@ from fixclip.model import FixClip  # noqa: E402
 from pipeline.params.download import DownloadParams  # noqa: E402
 from pipeline.params.evaluate import ToyBenchmarkParams  # noqa: E402
 from pipeline.params.source import ToyWorldParams  # noqa: E402
-from pipeline.toy_benchmark import generate  # noqa: E402
+from pipeline.toyworld.benchmark import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import emit  # noqa: E402
-from pipeline import shards  # noqa: E402
+from pipeline.shard import writer  # noqa: E402
 from pipeline.params import ShardParams  # noqa: E402
 
 
@@ -76,7 +76,7 @@ FIXED_IMAGES = 20  # the input whose run time stands for a run's fixed cost
 def time_stage(work: Path, check: str, workers: int) -> float:
     shutil.rmtree(work / "out", ignore_errors=True)
     start = time.perf_counter()
-    shards.run(ShardParams(check_images=check, workers=workers), work / "raw", work / "captions", work / "out")
+    writer.run(ShardParams(check_images=check, workers=workers), work / "raw", work / "captions", work / "out")
     return time.perf_counter() - start
 
 

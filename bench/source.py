@@ -98,7 +98,7 @@ def child_main(kind: str, path: Path, out: Path) -> None:
     import pandas as pd
 
     from pipeline.params.source import UrlListParams
-    from pipeline.url_list import normalise
+    from pipeline.source.url_list import normalise
 
     start = time.perf_counter()
     if kind == "ours":

@@ -1,7 +1,7 @@
 """DVC stage `download`: data/urls.parquet -> data/raw/ (img2dataset webdataset shards) + metrics/download.json."""
 from pathlib import Path
 
-from pipeline import download
+from pipeline.download import run as download_run
 from pipeline.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
@@ -12,7 +12,7 @@ METRICS = Path("metrics/download.json")
 
 def main() -> None:
     params = load_params().download
-    summary = download.run(params, URLS, RAW)
+    summary = download_run.run(params, URLS, RAW)
     write_json(METRICS, summary)
     print(f"download: {summary['success']}/{summary['urls']} images, failures {summary['failures']}")
 

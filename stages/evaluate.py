@@ -22,7 +22,7 @@ from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.source import ToyWorldParams
 from pipeline.params.train import BaseModelParams
-from pipeline.toy_benchmark import generate
+from pipeline.toyworld.benchmark import generate
 
 TOY_DIR = Path("data/toy_benchmark")
 METRICS = Path("metrics/eval.json")

@@ -1,7 +1,7 @@
 """DVC stage `shard`: data/raw + data/captions -> data/shards/{train,val}/*.tar + index.parquet + metrics/shard.json."""
 from pathlib import Path
 
-from pipeline import shards
+from pipeline.shard import writer
 from pipeline.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
@@ -13,7 +13,7 @@ METRICS = Path("metrics/shard.json")
 
 def main() -> None:
     params = load_params().shard
-    metrics = shards.run(params, RAW, CAPTIONS, OUT)
+    metrics = writer.run(params, RAW, CAPTIONS, OUT)
     write_json(METRICS, metrics)
     print(f"shard: {metrics['train']} train + {metrics['val']} val of {metrics['raw_images']} images")
 

@@ -6,7 +6,8 @@ kind `url_list` normalises a user's list (dropped rows counted by reason), strea
 import shutil
 from pathlib import Path
 
-from pipeline import toyworld, url_list
+from pipeline.source import url_list
+from pipeline.toyworld import scenes
 from pipeline.outputs import write_json, write_parquet
 from pipeline.params import exit_on_params_error, load_params
 
@@ -19,7 +20,7 @@ def main() -> None:
     params = load_params().source
     shutil.rmtree(TOYWORLD_DIR, ignore_errors=True)
     if params.kind == "toyworld":
-        urls = toyworld.generate(params.toyworld, TOYWORLD_DIR)
+        urls = scenes.generate(params.toyworld, TOYWORLD_DIR)
         counts = {"rows": len(urls), "urls": len(urls)}
         write_parquet(URLS, urls)
     else:

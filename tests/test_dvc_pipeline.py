@@ -14,9 +14,9 @@ from tests.stage_imports import imported_files, stage_module, stages
 pytestmark = pytest.mark.slow
 VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
 # One library file per stage, plus files shared by several stages.
-CODE_EDITS = ("pipeline/url_list.py", "pipeline/download.py", "pipeline/caption/client.py", "pipeline/shards.py",
-              "fixclip/loss.py", "fixclip/eval/metrics.py", "pipeline/toyworld.py", "fixclip/model.py",
-              "pipeline/outputs.py", "fixclip/export/hf_folder.py")
+CODE_EDITS = ("pipeline/source/url_list.py", "pipeline/download/run.py", "pipeline/caption/client.py",
+              "pipeline/shard/writer.py", "fixclip/loss.py", "fixclip/eval/metrics.py", "pipeline/toyworld/scenes.py",
+              "fixclip/model.py", "pipeline/outputs.py", "fixclip/export/hf_folder.py")
 
 
 def _commit(root, message):

@@ -8,18 +8,18 @@ positions are under-trained).
 Run from the repository root (offline, CPU, one thread):  .venv/bin/python assets/base_clip/train.py
 Writes, next to this file: model.json (the open_clip config, unchanged architecture), weights.pt (state_dict, fp16
 floats; loads with torch.load(weights_only=True) / open_clip.load_checkpoint) and scores.json (toy scores of the
-written fp16 weights). Uses open_clip and pipeline.toyworld only (not the fixclip package).
+written fp16 weights). Uses open_clip and pipeline.toyworld.scenes only (not the fixclip package).
 
 Recipe (seeded, deterministic on one CPU thread):
 - model: open_clip.model.CLIP(**model.json): 64 px images, 8 px patches, ViT width 64 x 4 layers, text width 32 x 4
   layers, embed 64, context 77, the standard 49408-token BPE vocab (open_clip.get_tokenizer default); open_clip init.
 - data: a pool of POOL_MULTI scenes with 3-6 objects (world seed 20_000_000) and POOL_SINGLE single-object scenes
-  (world seed 20_000_001), rendered once by pipeline.toyworld.make_record. Half the pool (even indices) is rendered at
-  64 px directly, the other half at 96 px and downscaled to 64 px with cv2 INTER_AREA, as img2dataset does to a world
+  (world seed 20_000_001), rendered once by pipeline.toyworld.scenes.make_record. Half the pool (even indices) is
+  rendered at 64 px directly, the other half at 96 px and downscaled to 64 px with cv2 INTER_AREA, as img2dataset does to a world
   rendered larger than download.image_size (the default renders at 64 px); every image then goes through
   the JPEG quality 95 round trip of img2dataset (cv2). Preprocessing = open_clip.image_transform(64, is_train=False)
   (identity resize/crop at 64 px, OpenAI mean/std), applied directly to the uint8 tensors; no augmentation.
-- text: a fresh alt text per image and epoch, pipeline.toyworld.alt_text(scene, rng) with rng seeded by
+- text: a fresh alt text per image and epoch, pipeline.toyworld.scenes.alt_text(scene, rng) with rng seeded by
   (SEED, epoch, index) (web data has several alt texts per kind of image); with probability PREFIX_RATE it is
   wrapped in a web-style prefix/suffix from WEB_WRAPS ("a photo of a ...", "clip art: ...", ...). The text tower
   runs on the batch's tokens trimmed after its last end-of-text token, which is exact under the causal mask.
@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for pipeline.toyworld when run as a script
-from pipeline.toyworld import COLOURS, SHAPES, alt_text, make_record, sample_scene  # noqa: E402
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for pipeline.toyworld.scenes when run as a script
+from pipeline.toyworld.scenes import COLOURS, SHAPES, alt_text, make_record, sample_scene  # noqa: E402
 
 SEED = 0
 TRAIN_WORLD_MULTI, TRAIN_WORLD_SINGLE = 20_000_000, 20_000_001  # >= 20_000_000: never the pipeline's worlds

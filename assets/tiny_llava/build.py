@@ -12,7 +12,7 @@ What vLLM needs of such a model (measured, see ../shared/PLATFORM.md):
 - vision tower weights under `vision_tower.vision_model.*` (transformers 5 saves them under `vision_tower.*`);
 - chat-template newlines written as {{ '\\n' }};
 - tokenizer trained on " " + text, so an answer's first word is one token.
-The tokenizer is a byte-level BPE trained to completion on toy captions (all styles of `pipeline.toy_captions`) and
+The tokenizer is a byte-level BPE trained to completion on toy captions (all styles of `pipeline.toyworld.captions`) and
 the prompts: every word of that vocabulary is a single token, so a 6-object caption is ~100-160 tokens.
 Images are 64x64 toy-world scenes on a 3x3 grid: 8 px patches -> 64 image tokens (8x8), so a small shape (~10 px)
 covers a few patches instead of hiding inside one large patch.
@@ -41,7 +41,7 @@ from transformers import (
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from pipeline.toy_captions import PROMPTS, STYLES, describe  # noqa: E402
+from pipeline.toyworld.captions import PROMPTS, STYLES, describe  # noqa: E402
 
 SEED = 0
 TOKENIZER_WORLD_SEED = 10_000_001  # scenes for the tokenizer's corpus (never the pipeline's or benchmark's world)
@@ -66,7 +66,7 @@ CHAT_TEMPLATE = (
 
 
 def tokenizer_corpus() -> list[str]:
-    from pipeline.toyworld import sample_scene  # toyworld needs pandas (main environment)
+    from pipeline.toyworld.scenes import sample_scene  # toyworld needs pandas (main environment)
     rng = random.Random(SEED)
     corpus = []
     for index in range(3000):

@@ -4,7 +4,7 @@
 
 Starts the real server (the vLLM environment, the caption stage's CPU flags) on a free port, sends world seed 0,
 scenes 0..n-1 as JPEG quality 95 data URLs (as img2dataset stores them), prompt i % len(PROMPTS) for scene i,
-temperature 0.7, top_p 0.95, `--concurrency` requests in flight; scores with `pipeline.toy_captions.score_captions`
+temperature 0.7, top_p 0.95, `--concurrency` requests in flight; scores with `pipeline.toyworld.captions.score_captions`
 and prints one JSON line (scores per attribute and per prompt, images/s, mean completion tokens). Stops the server.
 """
 import argparse
@@ -26,8 +26,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from pipeline.toy_captions import PROMPTS, score_captions  # noqa: E402
-from pipeline.toyworld import make_record  # noqa: E402
+from pipeline.toyworld.captions import PROMPTS, score_captions  # noqa: E402
+from pipeline.toyworld.scenes import make_record  # noqa: E402
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@
 Data: fresh toy-world scenes every step (world seeds >= 10_000_000; seed 0 is the pipeline's training world and
 1000003 the benchmark), 3-6 objects, rendered at 64 px and round-tripped through JPEG quality 95 (cv2, as
 img2dataset re-encodes them), normalised like the saved CLIPImageProcessor. Each image gets one prompt of
-`pipeline.toy_captions.PROMPTS` (uniform) and the description in that prompt's style (wording seeded per sample).
+`pipeline.toyworld.captions.PROMPTS` (uniform) and the description in that prompt's style (wording seeded per sample).
 
 Recipe (deterministic from --seed; step counts, not wall time, decide every phase). The shipped model:
 
@@ -60,7 +60,7 @@ sys.path.insert(0, str(HERE))
 from build import (IMAGE_SIZE, NUM_IMAGE_TOKENS, PATCH_SIZE, REPO, build_model, build_tokenizer,  # noqa: E402
                    load_tokenizer, save)
 
-from pipeline.toy_captions import (BACKGROUNDS, COLOURS, PROMPT_STYLES, PROMPTS, SHAPES, SIZES,  # noqa: E402
+from pipeline.toyworld.captions import (BACKGROUNDS, COLOURS, PROMPT_STYLES, PROMPTS, SHAPES, SIZES,  # noqa: E402
                                    TEXTURES, describe, score_captions)
 
 try:
@@ -118,7 +118,7 @@ def scene_targets(scene: dict) -> np.ndarray:
 
 
 def sample(world: int, index: int):
-    from pipeline.toyworld import make_record  # needs pandas: train in the main environment
+    from pipeline.toyworld.scenes import make_record  # needs pandas: train in the main environment
     record = make_record(world, index, image_size=IMAGE_SIZE, grid=GRID, min_objects=3, max_objects=6,
                          textures=True)
     return normalise(jpeg_round_trip(record.image)), json.loads(record.scene_json)

@@ -1,14 +1,14 @@
 """How right the served captioner is, on every run: toy-world captions parsed against their scenes.
 
 The source's `scene` column travels with every image through img2dataset (raw shard parquets), so each caption row
-is scored against its image's ground truth by `pipeline.toy_captions.score_captions`. Every row counts, whatever
+is scored against its image's ground truth by `pipeline.toyworld.captions.score_captions`. Every row counts, whatever
 its filter status (a failed request is a wrong caption). Sources without scenes (a URL list) have no quality.
 """
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.toy_captions import score_captions
+from pipeline.toyworld.captions import score_captions
 
 
 def ground_truth_scenes(raw_dir: Path) -> dict[str, str]:

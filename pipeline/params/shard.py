@@ -7,7 +7,7 @@ from pipeline.params.section import Section
 
 
 class ShardParams(Section):
-    """Deterministic webdataset shards for training (see pipeline/shards.py)."""
+    """Deterministic webdataset shards for training (see pipeline/shard/writer.py)."""
 
     seed: int = 0
     # Long text of each sample: the MLLM's caption, or the source's ground-truth description (toy world only): the
@@ -20,7 +20,7 @@ class ShardParams(Section):
     short_text: Literal["first_sentence", "alt_text", "both"] = "alt_text"
     alt_text_rate: float = Field(0.5, ge=0.0, le=1.0)
     # How an image is found usable (else dropped as undecodable_image): decode every pixel, or read its header,
-    # size and end marker only (enough for img2dataset's re-encoded output; see pipeline/image_check.py).
+    # size and end marker only (enough for img2dataset's re-encoded output; see pipeline/shard/image_check.py).
     check_images: Literal["decode", "header"] = "decode"
     # Processes reading raw tars and writing shards; the bytes written do not depend on it.
     workers: int = Field(2, ge=1)

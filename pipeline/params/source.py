@@ -8,7 +8,7 @@ from pipeline.params.section import Section
 
 
 class ToyWorldParams(Section):
-    """Synthetic scenes of coloured shapes on a grid (see pipeline/toyworld.py)."""
+    """Synthetic scenes of coloured shapes on a grid (see pipeline/toyworld/scenes.py)."""
 
     seed: int = 0
     num_images: int = Field(3000, ge=1)

@@ -13,7 +13,7 @@ from pipeline.params import ParamsError
 from pipeline.params.evaluate import EvaluateParams, ToyBenchmarkParams
 from pipeline.params.download import DownloadParams
 from pipeline.params.source import ToyWorldParams
-from pipeline.toy_benchmark import generate
+from pipeline.toyworld.benchmark import generate
 from pipeline.params.train import BaseModelParams
 from stages.evaluate import run
 

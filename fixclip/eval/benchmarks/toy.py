@@ -1,4 +1,4 @@
-"""The held-out toy benchmark written by the evaluate stage (``pipeline/toy_benchmark.py``):
+"""The held-out toy benchmark written by the evaluate stage (``pipeline/toyworld/benchmark.py``):
 
     root/images/<uid>.png
     root/retrieval.jsonl        {"image": "images/<uid>.png", "long_caption": ..., "short_caption": ...}

@@ -3,7 +3,7 @@ import torch
 
 from fixclip.eval.encode import CachedEncoder
 from fixclip.model_folder import load_base
-from pipeline.toy_benchmark import generate
+from pipeline.toyworld.benchmark import generate
 from tests.stages.test_evaluate import BASE_CONFIG, BASE_WEIGHTS, DOWNLOAD, SMALL_TOY, WORLD
 
 

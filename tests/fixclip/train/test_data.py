@@ -10,10 +10,10 @@ import torch
 
 from fixclip.train.config import RunDirs, TrainConfig
 from fixclip.train.data import StreamLayout, TrainStream, count_samples, micro_batches, shard_list
-from pipeline import shards
+from pipeline.shard import writer
 from pipeline.params.shard import ShardParams
 from tests.conftest import REPO
-from tests.pipeline.test_shards import make_captions, make_raw
+from tests.pipeline.shard.test_writer import make_captions, make_raw
 
 
 def write_train_shards(root: Path, n: int = 64, per_shard: int = 16) -> Path:
@@ -21,7 +21,7 @@ def write_train_shards(root: Path, n: int = 64, per_shard: int = 16) -> Path:
     raw = make_raw(root / "raw", n=n, bad_image=(), failed=())
     keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * n // 2, (s + 1) * n // 2)]
     make_captions(root / "captions", keys)
-    shards.run(ShardParams(samples_per_shard=per_shard, val_fraction=0.0), raw, root / "captions", root / "out")
+    writer.run(ShardParams(samples_per_shard=per_shard, val_fraction=0.0), raw, root / "captions", root / "out")
     return root / "out" / "train"
 
 

@@ -9,10 +9,10 @@ from fixclip.longclip import LongClip
 from fixclip.model import FixClip
 from fixclip.model_folder import load_model_folder
 from fixclip.train.loop import check_config, train
-from pipeline import shards
+from pipeline.shard import writer
 from pipeline.params.shard import ShardParams
 from tests.fixclip.train.test_data import tiny_run, write_train_shards
-from tests.pipeline.test_shards import make_raw
+from tests.pipeline.shard.test_writer import make_raw
 
 CLASSES = {"fixclip": FixClip, "longclip": LongClip, "holistic": HolisticClip}
 
@@ -28,7 +28,7 @@ def write_multi_caption_shards(root, n: int = 32, per_shard: int = 8, captions: 
     frame = pd.DataFrame(rows).astype({"caption_index": "int32", "prompt_id": "int32", "tokens": "int32"})
     for stem, part in frame.groupby(frame["key"].str[:5]):  # one file per raw shard, as the caption stage writes
         part.to_parquet(root / "captions" / f"{stem}.parquet")
-    shards.run(ShardParams(samples_per_shard=per_shard, val_fraction=0.0), raw, root / "captions", root / "out")
+    writer.run(ShardParams(samples_per_shard=per_shard, val_fraction=0.0), raw, root / "captions", root / "out")
     return root / "out" / "train"
 
 

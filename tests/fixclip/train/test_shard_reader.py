@@ -8,9 +8,9 @@ import webdataset as wds
 from PIL import Image
 
 from fixclip.train.data import SAMPLE_KEYS, shard_list
-from pipeline import shards
+from pipeline.shard import writer
 from pipeline.params.shard import ShardParams
-from tests.pipeline.test_shards import make_captions, make_raw
+from tests.pipeline.shard.test_writer import make_captions, make_raw
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def written(tmp_path):
     raw = make_raw(tmp_path / "raw", n=40, bad_image=(), failed=())
     keys = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 20, (s + 1) * 20)]
     make_captions(tmp_path / "captions", keys)
-    shards.run(ShardParams(samples_per_shard=7, val_fraction=0.0), raw, tmp_path / "captions", tmp_path / "out")
+    writer.run(ShardParams(samples_per_shard=7, val_fraction=0.0), raw, tmp_path / "captions", tmp_path / "out")
     expected = {}
     for tar in sorted((tmp_path / "out/train").glob("*.tar")):
         with tarfile.open(tar) as archive:

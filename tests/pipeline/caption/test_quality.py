@@ -2,8 +2,8 @@
 import pandas as pd
 
 from pipeline.caption.quality import caption_quality
-from pipeline.toy_captions import describe
-from pipeline.toyworld import make_record
+from pipeline.toyworld.captions import describe
+from pipeline.toyworld.scenes import make_record
 
 
 def _write(tmp_path, captions: dict[str, str], with_scenes: bool = True):

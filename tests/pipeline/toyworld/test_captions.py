@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from pipeline import toy_captions, toyworld
-from pipeline.toy_captions import (METRICS, PROMPT_STYLES, PROMPTS, STYLES, describe, parse_caption,
+from pipeline.toyworld import captions, scenes
+from pipeline.toyworld.captions import (METRICS, PROMPT_STYLES, PROMPTS, STYLES, describe, parse_caption,
                                    score_captions)
-from pipeline.toyworld import make_record
+from pipeline.toyworld.scenes import make_record
 
 SCENES = [make_record(12_345_678, i, image_size=64, grid=3, min_objects=3, max_objects=6, textures=True).scene_json
           for i in range(200)]
@@ -76,13 +76,13 @@ def test_parse_reads_a_rows_caption():
 
 
 def test_vocabulary_matches_the_toy_world():
-    assert toy_captions.COLOURS == tuple(toyworld.COLOURS)
-    assert toy_captions.BACKGROUNDS == tuple(toyworld.BACKGROUNDS)
-    assert toy_captions.SHAPES == tuple(toyworld.SHAPES)
-    assert toy_captions.SIZES == tuple(toyworld.SIZES)
-    assert toy_captions.TEXTURES == tuple(toyworld.TEXTURES)
-    assert toy_captions.FILL_PHRASES == toyworld.FILL_PHRASES
-    assert toy_captions.NUMBER_WORDS == tuple(toyworld.NUMBER_WORDS)
+    assert captions.COLOURS == tuple(scenes.COLOURS)
+    assert captions.BACKGROUNDS == tuple(scenes.BACKGROUNDS)
+    assert captions.SHAPES == tuple(scenes.SHAPES)
+    assert captions.SIZES == tuple(scenes.SIZES)
+    assert captions.TEXTURES == tuple(scenes.TEXTURES)
+    assert captions.FILL_PHRASES == scenes.FILL_PHRASES
+    assert captions.NUMBER_WORDS == tuple(scenes.NUMBER_WORDS)
     for row in range(3):
         for col in range(3):
-            assert toy_captions.cell_name(row, col, 3) == toyworld.cell_name(row, col, 3)
+            assert captions.cell_name(row, col, 3) == scenes.cell_name(row, col, 3)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import image_check
+from pipeline.shard import image_check
 
 
 def _encode(fmt: str, size=(24, 16), **options) -> bytes:

@@ -5,7 +5,7 @@ counts add up. Bytes are reproducible: samples are ordered by a seeded hash of t
 mtime 0, uid/gid 0 and empty owner names, and image bytes are copied as downloaded.
 
 Three steps: `workers` processes plan one raw shard each (its records, its caption file, member offsets and the
-image check of every image with an ok caption, on a memory map of the tar: see shard_inputs.py), a column at a time;
+image check of every image with an ok caption, on a memory map of the tar: see inputs.py), a column at a time;
 this process joins their index rows, orders them and fixes every shard's samples; then the workers write the shards,
 copying image bytes from the raw tars by offset. Image bytes are never all in memory, nor are the raw records and
 captions, and the bytes written do not depend on `workers` or on `distributor` (local processes or Ray tasks, shared
@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import file_limit, tar_format, text_records
-from pipeline.image_check import CHECKS
-from pipeline.json_objects import ABSENT, json_objects
+from pipeline.shard import file_limit, tar_format, text_records
+from pipeline.shard.image_check import CHECKS
+from pipeline.shard.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
-from pipeline.shard_inputs import ShardInputError, captions_per_image, read_captions, read_records
-from pipeline.short_text import first_sentence
+from pipeline.shard.inputs import ShardInputError, captions_per_image, read_captions, read_records
+from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 from pipeline.ray_session import ray_session
 

@@ -2,7 +2,7 @@
 import json
 import math
 
-from pipeline.json_objects import ABSENT, json_objects
+from pipeline.shard.json_objects import ABSENT, json_objects
 
 
 def test_same_text_as_json_dumps_with_sorted_keys():

@@ -1,5 +1,5 @@
 """Text records: what a planning worker packs, a writing worker reads back byte for byte."""
-from pipeline import text_records
+from pipeline.shard import text_records
 
 
 def test_records_round_trip_by_offset_and_size():

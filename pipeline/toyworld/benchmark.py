@@ -25,8 +25,8 @@ from pipeline.outputs import write_bytes, write_json
 from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.params.source import ToyWorldParams
-from pipeline.short_text import first_sentence
-from pipeline.toyworld import COLOURS, SHAPES, ToyRecord, make_record, sample_scene, scene_record, twin_scene
+from pipeline.shard.short_text import first_sentence
+from pipeline.toyworld.scenes import COLOURS, SHAPES, ToyRecord, make_record, sample_scene, scene_record, twin_scene
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 BASE_CONTEXT = 77

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import download
+from pipeline.download import run as download_run
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
 from tests.conftest import free_port
@@ -78,7 +78,7 @@ def test_every_url_accounted(tmp_path, http_server):
     base, routes = http_server
     expected = _cases(base, routes)
     params = DownloadParams(image_size=32, timeout=1, processes_count=1, thread_count=4, number_sample_per_shard=4)
-    summary = download.run(params, _urls_file(tmp_path, list(expected)), tmp_path / "raw")
+    summary = download_run.run(params, _urls_file(tmp_path, list(expected)), tmp_path / "raw")
 
     assert summary["urls"] == len(expected)
     assert summary["success"] + sum(summary["failures"].values()) == len(expected)
@@ -96,7 +96,7 @@ def test_every_url_accounted(tmp_path, http_server):
             assert json.loads(members[f"{row['key']}.json"])["uid"] == row["uid"]
         elif failure != "any":
             assert row["status"] != "success"
-            assert download.failure_class(row["error_message"]) == failure, row["error_message"]
+            assert download_run.failure_class(row["error_message"]) == failure, row["error_message"]
 
 
 def test_file_urls_relative_to_the_repo(tmp_path):
@@ -105,7 +105,7 @@ def test_file_urls_relative_to_the_repo(tmp_path):
     urls = pd.DataFrame({"url": ["file:imgs/a.png", "file:imgs/absent.png"], "uid": ["a", "b"],
                          "alt_text": ["x", "y"]})
     urls.to_parquet(tmp_path / "urls.parquet")
-    summary = download.run(DownloadParams(processes_count=1, thread_count=2), tmp_path / "urls.parquet",
+    summary = download_run.run(DownloadParams(processes_count=1, thread_count=2), tmp_path / "urls.parquet",
                            tmp_path / "raw", root=tmp_path)
     assert summary["success"] == 1 and summary["failures"] == {"file_not_found": 1}
 
@@ -116,30 +116,30 @@ def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, htt
     urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(6)])
     out = tmp_path / "raw"
     params = DownloadParams(image_size=32, processes_count=1, thread_count=2, number_sample_per_shard=3)
-    download.run(params, urls, out)
+    download_run.run(params, urls, out)
     finished = (out / "00000.tar").stat().st_mtime_ns
     (out / "00001_stats.json").unlink()  # as if killed while writing the second shard
-    summary = download.run(params, urls, out)
+    summary = download_run.run(params, urls, out)
     assert summary["success"] == 6
     assert (out / "00000.tar").stat().st_mtime_ns == finished  # not downloaded again
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [(r["images"], r["shards"]) for r in runs] == [(6, 2), (3, 1)], "the redone shard is work done again"
     assert summary["images_per_s"] == round(9 / sum(r["seconds"] for r in runs), 2)
-    idle = download.run(params, urls, out)  # every shard finished: nothing downloaded, the speed stays
+    idle = download_run.run(params, urls, out)  # every shard finished: nothing downloaded, the speed stays
     assert idle["working_runs"] == 2 and idle["images_per_s"] == summary["images_per_s"]
 
-    summary = download.run(params.model_copy(update={"image_size": 24}), urls, out)
+    summary = download_run.run(params.model_copy(update={"image_size": 24}), urls, out)
     records, members = _read_shards(out)
     assert summary["success"] == 6 and len(records) == 6
     assert {Image.open(io.BytesIO(b)).size for n, b in members.items() if n.endswith(".jpg")} == {(24, 24)}
 
 
 def test_extra_options_are_checked_against_img2dataset():
-    assert download.img2dataset_options(DownloadParams(extra={"compute_hash": "md5"}))["compute_hash"] == "md5"
+    assert download_run.img2dataset_options(DownloadParams(extra={"compute_hash": "md5"}))["compute_hash"] == "md5"
     with pytest.raises(ParamsError, match="download.extra.thread_cnt: not an img2dataset option"):
-        download.img2dataset_options(DownloadParams(extra={"thread_cnt": 3}))
+        download_run.img2dataset_options(DownloadParams(extra={"thread_cnt": 3}))
     with pytest.raises(ParamsError, match="download.extra.output_folder: set by the pipeline"):
-        download.img2dataset_options(DownloadParams(extra={"output_folder": "x"}))
+        download_run.img2dataset_options(DownloadParams(extra={"output_folder": "x"}))
 
 
 @pytest.mark.parametrize("message, name", [
@@ -152,7 +152,7 @@ def test_extra_options_are_checked_against_img2dataset():
     (None, "other"),
 ])
 def test_failure_classes(message, name):
-    assert download.failure_class(message) == name
+    assert download_run.failure_class(message) == name
 
 
 def _nine_urls_one_gone(tmp_path, http_server, distributor):
@@ -162,7 +162,7 @@ def _nine_urls_one_gone(tmp_path, http_server, distributor):
     urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(8)] + [f"{base}/gone.jpg"])
     params = DownloadParams(image_size=32, processes_count=2, thread_count=2, number_sample_per_shard=3,
                             distributor=distributor)
-    summary = download.run(params, urls, tmp_path / "raw")
+    summary = download_run.run(params, urls, tmp_path / "raw")
     assert summary["success"] == 8 and summary["failures"] == {"http_404": 1} and summary["shards"] == 3
 
 
@@ -175,7 +175,7 @@ def test_ray_missing_is_named_before_any_work(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(ParamsError, match=r"download.distributor: ray is not installed"):
-        download.img2dataset_options(DownloadParams(distributor="ray"))
+        download_run.img2dataset_options(DownloadParams(distributor="ray"))
 
 
 def test_ray_address_that_does_not_answer_fails_fast(tmp_path, http_server, monkeypatch):

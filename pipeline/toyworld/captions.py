@@ -24,8 +24,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-# The toy world's vocabulary, copied from `pipeline.toyworld` (tests/test_toy_captions.py checks they agree):
-# toyworld imports pandas, which the vLLM environment lacks, and this module must import in both environments.
+# The toy world's vocabulary, copied from `pipeline.toyworld.scenes` (tests/pipeline/toyworld/test_captions.py checks
+# they agree): scenes imports pandas, which the vLLM environment lacks, and this module must import in both environments.
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "black")
 BACKGROUNDS = ("white", "light gray", "beige")
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")

@@ -5,35 +5,35 @@ import numpy as np
 import open_clip
 import pandas as pd
 
-from pipeline import toyworld
+from pipeline.toyworld import scenes
 from pipeline.params.source import ToyWorldParams
 from tests.conftest import file_digests
 
 
 def test_same_seed_same_bytes(tmp_path):
     params = ToyWorldParams(num_images=40)
-    first = toyworld.generate(params, tmp_path / "a")
-    second = toyworld.generate(params, tmp_path / "b")
+    first = scenes.generate(params, tmp_path / "a")
+    second = scenes.generate(params, tmp_path / "b")
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
     pd.testing.assert_frame_equal(first.drop(columns="url"), second.drop(columns="url"))
 
 
 def test_other_seed_other_world(tmp_path):
-    toyworld.generate(ToyWorldParams(num_images=10, seed=0), tmp_path / "a")
-    toyworld.generate(ToyWorldParams(num_images=10, seed=1), tmp_path / "b")
+    scenes.generate(ToyWorldParams(num_images=10, seed=0), tmp_path / "a")
+    scenes.generate(ToyWorldParams(num_images=10, seed=1), tmp_path / "b")
     assert set(file_digests(tmp_path / "a").values()).isdisjoint(file_digests(tmp_path / "b").values())
 
 
 def test_scene_does_not_depend_on_world_size(tmp_path):
-    small = toyworld.generate(ToyWorldParams(num_images=5), tmp_path / "a")
-    large = toyworld.generate(ToyWorldParams(num_images=20), tmp_path / "b")
+    small = scenes.generate(ToyWorldParams(num_images=5), tmp_path / "a")
+    large = scenes.generate(ToyWorldParams(num_images=20), tmp_path / "b")
     pd.testing.assert_frame_equal(small.drop(columns="url"), large.head(5).drop(columns="url"))
 
 
 def test_most_long_descriptions_exceed_77_tokens():
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     params = ToyWorldParams()
-    texts = [toyworld.make_record(0, i, 32, params.grid, params.min_objects, params.max_objects, True)
+    texts = [scenes.make_record(0, i, 32, params.grid, params.min_objects, params.max_objects, True)
              .long_description for i in range(200)]
     lengths = (tokenizer(texts, context_length=512) != 0).sum(dim=1).numpy()
     assert np.mean(lengths > 77) > 0.6
@@ -42,7 +42,7 @@ def test_most_long_descriptions_exceed_77_tokens():
 
 def test_long_description_names_every_object_and_alt_text_fewer():
     for index in range(50):
-        record = toyworld.make_record(3, index, 48, 3, 3, 6, True)
+        record = scenes.make_record(3, index, 48, 3, 3, 6, True)
         scene = json.loads(record.scene_json)
         for obj in scene["objects"]:
             assert f"{obj['size']} {obj['colour']} {obj['shape']}" in record.long_description
@@ -54,8 +54,8 @@ def test_render_draws_every_object_in_its_cell():
     """Each object's colour appears inside its own grid cell and the empty cells hold background only."""
     size, grid = 90, 3
     for index in range(20):
-        scene = toyworld.sample_scene(7, index, grid, 3, 6, textures=False)
-        pixels = np.asarray(toyworld.render(scene, size, np.random.default_rng(index)))
+        scene = scenes.sample_scene(7, index, grid, 3, 6, textures=False)
+        pixels = np.asarray(scenes.render(scene, size, np.random.default_rng(index)))
         cell = size // grid
         occupied = {(o.row, o.col): o for o in scene.objects}
         for row in range(grid):
@@ -63,25 +63,25 @@ def test_render_draws_every_object_in_its_cell():
                 block = pixels[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell].reshape(-1, 3)
                 colours = {tuple(c) for c in np.unique(block, axis=0)}
                 if (row, col) in occupied:
-                    assert toyworld.COLOURS[occupied[(row, col)].colour] in colours
+                    assert scenes.COLOURS[occupied[(row, col)].colour] in colours
                 else:
-                    assert colours == {toyworld.BACKGROUNDS[scene.background]}
+                    assert colours == {scenes.BACKGROUNDS[scene.background]}
 
 
 def test_alt_texts_rarely_repeat():
     """Short-text retrieval needs short texts that mostly tell scenes apart (207 of 500 were distinct before)."""
-    texts = [toyworld.make_record(11, i, 32, 3, 3, 6, True).alt_text for i in range(500)]
+    texts = [scenes.make_record(11, i, 32, 3, 3, 6, True).alt_text for i in range(500)]
     assert len(set(texts)) >= 425
 
 
 def test_twin_changes_only_the_last_object_in_colour_or_shape():
     for index in range(30):
-        scene = toyworld.sample_scene(5, index, 3, 5, 6, textures=True)
-        twin = toyworld.twin_scene(scene, np.random.default_rng(index))
+        scene = scenes.sample_scene(5, index, 3, 5, 6, textures=True)
+        twin = scenes.twin_scene(scene, np.random.default_rng(index))
         assert twin.objects[:-1] == scene.objects[:-1] and twin.background == scene.background
         changed = {k for k in ("colour", "shape", "size", "texture", "row", "col")
                    if getattr(twin.objects[-1], k) != getattr(scene.objects[-1], k)}
         assert changed in ({"colour"}, {"shape"})
-        first, second = (toyworld.long_description(s) for s in (scene, twin))
+        first, second = (scenes.long_description(s) for s in (scene, twin))
         cut = first.rindex("In the ")
         assert first[:cut] == second[:cut] and first != second

@@ -11,8 +11,8 @@ from PIL import Image
 from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.params.source import ToyWorldParams
-from pipeline.toy_benchmark import HeldOutError, generate
-from pipeline.toyworld import make_record
+from pipeline.toyworld.benchmark import HeldOutError, generate
+from pipeline.toyworld.scenes import make_record
 
 WORLD = ToyWorldParams()
 DOWNLOAD = DownloadParams()

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import url_list
+from pipeline.source import url_list
 from pipeline.params import ParamsError
 from pipeline.params.source import UrlListParams
-from pipeline.url_list import WHITESPACE, detect_format, is_valid_url, normalise
+from pipeline.source.url_list import WHITESPACE, detect_format, is_valid_url, normalise
 
 ROWS = [
     ("https://example.org/a.jpg", "a cat"),

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import file_limit, shard_inputs, shards
-from pipeline.short_text import first_sentence
+from pipeline.shard import file_limit, writer
+from pipeline.shard import inputs as shard_inputs
+from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
-from tests.conftest import file_digests
+from tests.conftest import REPO, file_digests
 
 KEYS = [f"{s:05d}{i:04d}" for s in range(2) for i in range(s * 6, (s + 1) * 6)]
 # A 2x2 PNG as literal bytes, so the pinned digests below do not depend on an image encoder's version.
@@ -121,7 +122,7 @@ def _read(tar_path):
 
 def test_every_image_accounted(tmp_path, inputs):
     raw, captions = inputs
-    metrics = shards.run(ShardParams(samples_per_shard=3, val_fraction=0.3), raw, captions, tmp_path / "out")
+    metrics = writer.run(ShardParams(samples_per_shard=3, val_fraction=0.3), raw, captions, tmp_path / "out")
     assert metrics["raw_images"] == 11  # 12 rows, one failed download
     assert metrics["captioned"] == 11
     assert metrics["captions_per_image"] == 1 and metrics["substituted_captions"] == 0
@@ -139,7 +140,7 @@ def test_every_image_accounted(tmp_path, inputs):
 
 def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
     raw, captions = inputs
-    shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "out")
+    writer.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "out")
     (tar,) = (tmp_path / "out/train").glob("*.tar")
     members = dict((m.name, data) for m, data in _read(tar))
     meta = json.loads(members["uid000.json"])
@@ -155,8 +156,8 @@ def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
 
 def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
     raw, captions = inputs
-    captioned = shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "a")
-    truth = shards.run(ShardParams(val_fraction=0.0, short_text="first_sentence", long_text="ground_truth"), raw,
+    captioned = writer.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "a")
+    truth = writer.run(ShardParams(val_fraction=0.0, short_text="first_sentence", long_text="ground_truth"), raw,
                        captions, tmp_path / "b")
     assert captioned == truth  # the same images survive: only the text differs
     (tar,) = (tmp_path / "b/train").glob("*.tar")
@@ -168,10 +169,10 @@ def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
 def test_two_runs_give_identical_bytes(tmp_path, request, fixture):
     raw, captions = request.getfixturevalue(fixture)
     params = ShardParams(samples_per_shard=4, val_fraction=0.25)
-    shards.run(params, raw, captions, tmp_path / "a")
-    shards.run(params, raw, captions, tmp_path / "b")
+    writer.run(params, raw, captions, tmp_path / "a")
+    writer.run(params, raw, captions, tmp_path / "b")
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
-    shards.run(params.model_copy(update={"seed": 1}), raw, captions, tmp_path / "c")
+    writer.run(params.model_copy(update={"seed": 1}), raw, captions, tmp_path / "c")
     assert file_digests(tmp_path / "a") != file_digests(tmp_path / "c")
 
 
@@ -203,8 +204,8 @@ def test_bytes_do_not_depend_on_the_number_of_workers(tmp_path, eight_raw_tars):
     """Eight raw tars, at least two shards written per split: one process and three give identical files."""
     raw, captions = eight_raw_tars
     params = ShardParams(samples_per_shard=6, val_fraction=0.3, workers=1)
-    one = shards.run(params, raw, captions, tmp_path / "one")
-    three = shards.run(params.model_copy(update={"workers": 3}), raw, captions, tmp_path / "three")
+    one = writer.run(params, raw, captions, tmp_path / "one")
+    three = writer.run(params.model_copy(update={"workers": 3}), raw, captions, tmp_path / "three")
     assert one == three and one["train_shards"] >= 2 and one["val_shards"] >= 2
     assert one["dropped_undecodable_image"] == 1 and one["substituted_captions"] == 1
     assert file_digests(tmp_path / "one") == file_digests(tmp_path / "three")
@@ -218,8 +219,8 @@ def test_ray_tasks_write_the_same_bytes(tmp_path, eight_raw_tars, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     raw, captions = eight_raw_tars
     params = ShardParams(samples_per_shard=6, val_fraction=0.3, workers=1)
-    local = shards.run(params, raw, captions, tmp_path / "local")
-    on_ray = shards.run(params.model_copy(update={"distributor": "ray", "workers": 2}), raw, captions,
+    local = writer.run(params, raw, captions, tmp_path / "local")
+    on_ray = writer.run(params.model_copy(update={"distributor": "ray", "workers": 2}), raw, captions,
                         tmp_path / "ray")
     assert local == on_ray and file_digests(tmp_path / "local") == file_digests(tmp_path / "ray")
     assert not ray.is_initialized(), "the local instance is stopped afterwards"
@@ -229,7 +230,7 @@ def test_ray_tasks_write_the_same_bytes(tmp_path, eight_raw_tars, monkeypatch):
 def test_truncated_image_is_dropped_by_either_check(tmp_path, check):
     raw = make_raw(tmp_path / "raw", bad_image=(), image=lambda i: _jpeg(i)[:-40] if i == 7 else _jpeg(i))
     captions = make_captions(tmp_path / "captions", KEYS)
-    metrics = shards.run(ShardParams(check_images=check), raw, captions, tmp_path / "out")
+    metrics = writer.run(ShardParams(check_images=check), raw, captions, tmp_path / "out")
     assert metrics["dropped_undecodable_image"] == 1 and metrics["train"] + metrics["val"] == 10
     index = pd.read_parquet(tmp_path / "out/index.parquet")
     assert index.loc[index["fate"] == "undecodable_image", "key"].tolist() == ["000010007"]
@@ -237,27 +238,27 @@ def test_truncated_image_is_dropped_by_either_check(tmp_path, check):
 
 def test_short_text_rules():
     params = ShardParams(short_text="alt_text")
-    assert shards.short_texts(params, ["u", "v"], ["Long one. Two.", "Long one. Two."], [" alt ", ""]) == (
+    assert writer.short_texts(params, ["u", "v"], ["Long one. Two.", "Long one. Two."], [" alt ", ""]) == (
         ["alt", "Long one."], ["alt_text", "first_sentence"])
     assert first_sentence("No end at all") == "No end at all"
     assert first_sentence("Version 2.5 is out. Next.") == "Version 2.5 is out."
     both = ShardParams(short_text="both", alt_text_rate=0.3)
     uids = [f"u{i}" for i in range(2000)]
-    _, rules = shards.short_texts(both, uids, ["Long. Two."] * 2000, ["alt"] * 2000)
+    _, rules = writer.short_texts(both, uids, ["Long. Two."] * 2000, ["alt"] * 2000)
     assert abs(rules.count("alt_text") / 2000 - 0.3) < 0.05
-    assert rules == shards.short_texts(both, uids[::-1], ["Long. Two."] * 2000, ["alt"] * 2000)[1][::-1]
+    assert rules == writer.short_texts(both, uids[::-1], ["Long. Two."] * 2000, ["alt"] * 2000)[1][::-1]
 
 
 def test_unit_hashes_are_per_uid_and_match_the_scalar_definition():
     """The split is stable when the data grows; the vector form equals sha256's first 8 bytes over 2**64."""
-    small = {f"u{i}" for i, h in enumerate(shards.unit_hashes(0, "split", [f"u{i}" for i in range(100)])) if h < 0.2}
-    large = {f"u{i}" for i, h in enumerate(shards.unit_hashes(0, "split", [f"u{i}" for i in range(1000)])) if h < 0.2}
+    small = {f"u{i}" for i, h in enumerate(writer.unit_hashes(0, "split", [f"u{i}" for i in range(100)])) if h < 0.2}
+    large = {f"u{i}" for i, h in enumerate(writer.unit_hashes(0, "split", [f"u{i}" for i in range(1000)])) if h < 0.2}
     assert small == {u for u in large if int(u[1:]) < 100}
     assert 100 < len(large) < 300
     uids = ["a", "b\u00e9", "", "x" * 300]
     expected = [int.from_bytes(hashlib.sha256(f"7:order:{uid}".encode()).digest()[:8], "big") / 2**64 for uid in uids]
-    assert shards.unit_hashes(7, "order", uids).tolist() == expected
-    assert shards.unit_hashes(7, "order", []).tolist() == []
+    assert writer.unit_hashes(7, "order", uids).tolist() == expected
+    assert writer.unit_hashes(7, "order", []).tolist() == []
 
 
 def test_refuses_escaping_member(tmp_path, inputs):
@@ -265,23 +266,23 @@ def test_refuses_escaping_member(tmp_path, inputs):
     with tarfile.open(raw / "00002.tar", "w") as archive:
         _add(archive, "../evil.jpg", _jpeg(0))
     pd.DataFrame(columns=["key", "status"]).to_parquet(raw / "00002.parquet")
-    with pytest.raises(shards.ShardInputError, match=r"00002.tar: member '../evil.jpg' would escape"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match=r"00002.tar: member '../evil.jpg' would escape"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
 
 
 def test_corrupt_tar_names_the_file(tmp_path, inputs):
     raw, captions = inputs
     data = (raw / "00001.tar").read_bytes()
     (raw / "00001.tar").write_bytes(data[: len(data) // 2 + 100])
-    with pytest.raises(shards.ShardInputError, match=r"00001.tar: corrupt tar"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match=r"00001.tar: corrupt tar"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == [], "the planned texts are scratch, gone after a failed run too"
 
 
 def test_one_caption_per_image_keeps_the_bytes_of_before(tmp_path):
     raw = make_raw(tmp_path / "raw", image=lambda i: TINY_PNG)
     captions = make_captions(tmp_path / "captions", KEYS, filtered={"000000001"}, missing={"000000002"})
-    shards.run(ShardParams(samples_per_shard=3, val_fraction=0.3, short_text="both"), raw, captions, tmp_path / "out")
+    writer.run(ShardParams(samples_per_shard=3, val_fraction=0.3, short_text="both"), raw, captions, tmp_path / "out")
     tars = {name: digest for name, digest in file_digests(tmp_path / "out").items() if name.endswith(".tar")}
     assert tars == BYTES_BEFORE_SEVERAL_CAPTIONS
 
@@ -293,8 +294,8 @@ def test_captions_without_caption_index_are_one_per_image(tmp_path, inputs):
     legacy.mkdir()
     for path in captions.glob("*.parquet"):
         pd.read_parquet(path).drop(columns="caption_index").to_parquet(legacy / path.name)
-    shards.run(ShardParams(), raw, captions, tmp_path / "a")
-    shards.run(ShardParams(), raw, legacy, tmp_path / "b")
+    writer.run(ShardParams(), raw, captions, tmp_path / "a")
+    writer.run(ShardParams(), raw, legacy, tmp_path / "b")
     assert file_digests(tmp_path / "a") == file_digests(tmp_path / "b")
 
 
@@ -311,7 +312,7 @@ def _samples(out_dir):
 
 def test_three_captions_per_image(tmp_path, three_captions):
     raw, captions = three_captions
-    metrics = shards.run(ShardParams(val_fraction=0.3, short_text="first_sentence"), raw, captions, tmp_path / "out")
+    metrics = writer.run(ShardParams(val_fraction=0.3, short_text="first_sentence"), raw, captions, tmp_path / "out")
     assert metrics["captions_per_image"] == 3 and metrics["captioned"] == 11
     assert metrics["substituted_captions"] == 2, "image 0's caption 1 and image 4's caption 0"
     assert (metrics["dropped_no_caption"], metrics["dropped_filtered_caption"],
@@ -339,7 +340,7 @@ def test_three_captions_per_image(tmp_path, three_captions):
 def test_three_captions_with_ground_truth_text(tmp_path, three_captions):
     raw, captions = three_captions
     params = ShardParams(val_fraction=0.0, long_text="ground_truth")
-    truth = shards.run(params, raw, captions, tmp_path / "out")
+    truth = writer.run(params, raw, captions, tmp_path / "out")
     assert truth["substituted_captions"] == 0 and truth["train"] == 8 and truth["dropped_filtered_caption"] == 1
     samples, _ = _samples(tmp_path / "out")
     assert all(sample[f"long_{j}.txt"] == sample["long.txt"] == f"truth {int(uid[3:])}."
@@ -351,32 +352,32 @@ def test_incomplete_or_repeated_captions_name_the_key(tmp_path):
     captions = make_captions(tmp_path / "captions", KEYS, per_image=3)
     frame = pd.read_parquet(captions / "00000.parquet")
     frame[(frame["key"] != "000000004") | (frame["caption_index"] != 1)].to_parquet(captions / "00000.parquet")
-    with pytest.raises(shards.ShardInputError, match=r"key '000000004' has captions \[0, 2\]"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match=r"key '000000004' has captions \[0, 2\]"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
     pd.concat([frame, frame.iloc[:1]]).to_parquet(captions / "00000.parquet")
-    with pytest.raises(shards.ShardInputError, match="key '000000000' has caption 0 more than once"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match="key '000000000' has caption 0 more than once"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
     frame.to_parquet(captions / "00000.parquet")
     moved = pd.read_parquet(captions / "00001.parquet")
     pd.concat([moved, frame.iloc[:1]]).to_parquet(captions / "00001.parquet")
-    with pytest.raises(shards.ShardInputError, match="00001.parquet: key '000000000' is not in raw/00001.parquet"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match="00001.parquet: key '000000000' is not in raw/00001.parquet"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
     moved.to_parquet(captions / "00001.parquet")
     frame.to_parquet(captions / "00007.parquet")
-    with pytest.raises(shards.ShardInputError, match="00007.parquet: captions of no raw shard"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match="00007.parquet: captions of no raw shard"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
     (captions / "00007.parquet").unlink()
     frame.assign(caption_index=frame["caption_index"] - (frame["key"] == "000000003")).to_parquet(
         captions / "00000.parquet")
-    with pytest.raises(shards.ShardInputError, match=r"key '000000003' has captions \[-1, 0, 1\]"):
-        shards.run(ShardParams(), raw, captions, tmp_path / "out")
+    with pytest.raises(writer.ShardInputError, match=r"key '000000003' has captions \[-1, 0, 1\]"):
+        writer.run(ShardParams(), raw, captions, tmp_path / "out")
 
 
 def test_shard_order_breaks_hash_ties_by_uid():
     index = pd.DataFrame({"order": [0.5, 0.1, 0.5, 0.3, 0.5], "uid": ["b", "x", "a", "c", "ab"]})
-    assert list(shards.shard_order(index)) == [1, 3, 2, 4, 0]
+    assert list(writer.shard_order(index)) == [1, 3, 2, 4, 0]
     index["order"] = [0.5, 0.1, 0.7, 0.3, 0.9]
-    assert list(shards.shard_order(index)) == [1, 3, 0, 2, 4]
+    assert list(writer.shard_order(index)) == [1, 3, 0, 2, 4]
 
 
 def test_inputs_read_per_raw_shard(tmp_path):
@@ -418,11 +419,11 @@ def make_one_image_raw_shards(folder, count):
 def run_with_file_limit(folder, soft, hard, workers):
     """The shard stage on folder/raw in a fresh process whose open-file limit is (soft, hard)."""
     script = (f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
-              "from pathlib import Path; from pipeline import shards; from pipeline.params.shard import ShardParams\n"
-              f"print(shards.run(ShardParams(workers={workers}, check_images='header'), Path('raw'), "
+              "from pathlib import Path; from pipeline.shard import writer; from pipeline.params.shard import ShardParams\n"
+              f"print(writer.run(ShardParams(workers={workers}, check_images='header'), Path('raw'), "
               "Path('captions'), Path('out'))['train'])")
     return subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(shards.__file__).parents[1]), "TQDM_DISABLE": "1"})
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"})
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -1,0 +1,1 @@
+"""The download stage's library: img2dataset driven from params, every URL accounted for."""
