@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pipeline.caption.client import CaptionResult, CaptionServiceError, caption_stream
 from pipeline.caption.fleet import STOP_GRACE_S, VllmFleet
-from pipeline.caption.run import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
+from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
 from pipeline.outputs import write_bytes
 from pipeline.params import ParamsError
 from pipeline.params.caption import CaptionParams, RayOptions

@@ -10,7 +10,8 @@ import pytest
 import ray
 
 from pipeline.caption.ray_distributor import RayClusterError, caption_on_ray
-from pipeline.caption.run import RUNS_FILE, RunRecord, expected_rows, run
+from pipeline.caption.run import run
+from pipeline.caption.shard_io import RUNS_FILE, RunRecord, expected_rows
 from pipeline.params.caption import RayOptions, Sampling
 from tests.conftest import free_port
 from tests.pipeline.caption.test_run import assert_counts_add_up, indexed_rows, raw_keys

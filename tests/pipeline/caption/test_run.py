@@ -16,7 +16,8 @@ import pytest
 from pipeline.caption.client import CaptionServiceError, ImageItem, caption_prompt_ids, caption_stream, prompt_id_for
 from pipeline.caption.filters import REJECTIONS, STATUSES
 from pipeline.params.caption import Filters, Sampling
-from pipeline.caption.run import FINGERPRINT_FILE, RUNS_FILE, expected_rows, run
+from pipeline.caption.run import FINGERPRINT_FILE, run
+from pipeline.caption.shard_io import RUNS_FILE, expected_rows
 from tests.vllm_fixtures import (  # noqa: F401
     raw_shards, tiny_params, toy_image, vllm_fleet, vllm_pids, vllm_server,
 )
