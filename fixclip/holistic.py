@@ -104,7 +104,7 @@ class HolisticClip(FixClip):
                 or visual.pool_type != "tok"):
             raise ValueError("holistic: the multi-CLS image tower needs class-token pooling, no attentional pooling "
                              "and no patch dropout")
-        self.holistic_cfg = cfg
+        self.method_cfg = cfg
         extra = cfg.num_branches - 1
         self.extra_class_embedding = nn.Parameter(visual.class_embedding.detach().expand(extra, -1).clone())
         self.extra_class_positions = nn.Parameter(visual.positional_embedding.detach()[:1].expand(extra, -1).clone())
@@ -123,7 +123,7 @@ class HolisticClip(FixClip):
         extra = (self.extra_class_embedding + self.extra_class_positions).to(embedded.dtype)
         x = torch.cat([embedded[:, :1], extra.expand(embedded.shape[0], -1, -1), embedded[:, 1:]], dim=1)
         x = visual.transformer(visual.ln_pre(x), attn_mask=self.branch_attn_mask)
-        branches = visual.ln_post(x[:, :self.holistic_cfg.num_branches])
+        branches = visual.ln_post(x[:, :self.method_cfg.num_branches])
         if visual.proj is not None:
             branches = branches @ visual.proj
         return F.normalize(branches, dim=-1) if normalize else branches
@@ -139,9 +139,9 @@ class HolisticClip(FixClip):
         image_features [B, K_img, D] and text_features [B, K_txt, D], L2-normalised, and logit_scale.
         ``short_tokens`` (the train loop's third column) is not used: Holistic CLIP has no short branch."""
         batch, captions = caption_tokens.shape[:2]
-        if captions != self.holistic_cfg.captions_per_image:
+        if captions != self.method_cfg.captions_per_image:
             raise ValueError(f"holistic: got {captions} captions per image, captions_per_image is "
-                             f"{self.holistic_cfg.captions_per_image}")
+                             f"{self.method_cfg.captions_per_image}")
         text = self.encode_text(caption_tokens.flatten(0, 1), normalize=True).unflatten(0, (batch, captions))
         return {"image_features": self.encode_image_branches(images, normalize=True), "text_features": text,
                 "logit_scale": self.logit_scale.exp()}

@@ -61,7 +61,7 @@ class LongClip(FixClip):
     def __init__(self, clip: nn.Module, cfg: LongClipConfig = LongClipConfig(),
                  fixclip: FixClipConfig = FixClipConfig()):
         super().__init__(clip, stretched_text_config(fixclip))
-        self.longclip_cfg = cfg
+        self.method_cfg = cfg
 
     @classmethod
     def from_pretrained(cls, model: ModelRef, weights: Union[str, Path], cfg: LongClipConfig = LongClipConfig(),
@@ -74,7 +74,7 @@ class LongClip(FixClip):
         the normalised image features reduced to the batch's top-k principal components (not re-normalised)."""
         out = super().forward(images, long_tokens)
         out["short_text_features"] = F.normalize(self.encode_text(short_tokens), dim=-1)
-        out["short_image_features"] = principal_components(out["image_features"], self.longclip_cfg.pca_components)
+        out["short_image_features"] = principal_components(out["image_features"], self.method_cfg.pca_components)
         return out
 
 

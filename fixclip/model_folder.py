@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from .base_model import ModelRef, build_clip, load_clip, resolve_model_config
-from .config import FixClipConfig, HolisticConfig, LongClipConfig
-from .methods import build_model, method_of
+from .config import FixClipConfig
+from .methods import METHODS, method_of
 from .model import FixClip
 
 FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "method.json", "weights.pt"
@@ -63,14 +63,13 @@ def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path)
 
 def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:
     """The model of the method that the folder's method.json names (FIX-CLIP without one) around ``clip``."""
-    method, sections = "fixclip", {"longclip": LongClipConfig(), "holistic": HolisticConfig()}
-    if (folder / METHOD).is_file():
-        saved = json.loads((folder / METHOD).read_text())
-        method = saved["method"]
-        if method not in sections:
-            raise ValueError(f"{folder / METHOD}: unknown method {method!r}")
-        sections[method] = type(sections[method]).model_validate(saved["params"])
-    return build_model(method, clip, cfg, sections["longclip"], sections["holistic"])
+    if not (folder / METHOD).is_file():
+        return METHODS["fixclip"].build(clip, cfg, cfg)
+    saved = json.loads((folder / METHOD).read_text())
+    if saved["method"] not in METHODS:
+        raise ValueError(f"{folder / METHOD}: unknown method {saved['method']!r}")
+    method = METHODS[saved["method"]]
+    return method.build(clip, method.section.model_validate(saved["params"]), cfg)
 
 
 def load_base(config: ModelRef, weights: str | Path) -> FixClip:

@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -87,13 +87,19 @@ class TrainConfig(StrictConfig):
             raise ValueError("logit_scale_init: exceeds logit_scale_max")
         return self
 
+    @property
+    def method_section(self) -> StrictConfig:
+        """The chosen method's own params section, ``train.<method>`` (``fixclip.methods.METHODS``)."""
+        return getattr(self, self.method)
+
     def unused_method_keys(self) -> list[str]:
         """Keys of another method's section set to a non-default value (so `-S train.method=...` alone works with
         every other section at its defaults; a changed key that would be ignored is an error)."""
         changed = []
-        for section, config in (("fixclip", self.fixclip), ("longclip", self.longclip), ("holistic", self.holistic)):
+        for section in get_args(type(self).model_fields["method"].annotation):
             if section == self.method:
                 continue
+            config = getattr(self, section)
             shared = SHARED_FIXCLIP_KEYS if section == "fixclip" else ()
             default = type(config)()
             changed += [f"{section}.{key}" for key in type(config).model_fields

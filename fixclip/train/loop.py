@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..base_model import build_clip, load_clip
-from ..methods import build_loss, build_model, long_caption_keys
+from ..methods import METHODS
 from ..model import FixClip
 from . import checkpoints as ckpt
 from . import distributed
@@ -42,11 +42,12 @@ def check_config(cfg: TrainConfig) -> None:
         _method_model(cfg, clip)
     shards = shard_list(cfg.shards) if cfg.method == "holistic" else []
     if shards and Path(shards[0]).is_file():
-        check_members(shards[0], long_caption_keys(cfg.method, cfg.holistic), "holistic.captions_per_image")
+        check_members(shards[0], METHODS[cfg.method].long_caption_keys(cfg.method_section),
+                       "holistic.captions_per_image")
 
 
 def _method_model(cfg: TrainConfig, clip: torch.nn.Module) -> FixClip:
-    return build_model(cfg.method, clip, cfg.fixclip, cfg.longclip, cfg.holistic)
+    return METHODS[cfg.method].build(clip, cfg.method_section, cfg.fixclip)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -90,7 +91,7 @@ class _Run:
         model.mask_generator.manual_seed(cfg.fixclip.mask_seed + ranks.rank)
         self.model = model.to(ranks.device)
         self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-        self.loss = build_loss(cfg.method, cfg.fixclip, cfg.longclip, cfg.holistic, ranks.rank, ranks.world_size)
+        self.loss = METHODS[cfg.method].loss.from_config(cfg.method_section, ranks.rank, ranks.world_size)
 
         shards = shard_list(cfg.shards)
         counts = [count_samples(s) for s in shards]
@@ -147,7 +148,7 @@ class _Run:
                              open_clip.image_transform(visual.image_size, is_train=False),
                              self.model.context_length, cfg.seed, cfg.shuffle_buffer,
                              start_chunk=self.step * cfg.grad_accum,
-                             long_keys=long_caption_keys(cfg.method, cfg.holistic))
+                             long_keys=METHODS[cfg.method].long_caption_keys(cfg.method_section))
         return micro_batches(stream, cfg.num_workers, pin_memory=self.ranks.device.type == "cuda")
 
     def _micro_step(self, net, batch, sync: bool) -> dict | None:

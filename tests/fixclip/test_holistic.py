@@ -170,7 +170,7 @@ def test_forward_shapes_and_gradients_reach_the_new_tokens():
     out = model(images, _caption_tokens(4, 2))
     assert out["image_features"].shape == (4, 3, 64) and out["text_features"].shape == (4, 2, 64)
     torch.testing.assert_close(out["text_features"].norm(dim=-1), torch.ones(4, 2))
-    parts = HolisticLoss.from_config(model.holistic_cfg)(out)
+    parts = HolisticLoss.from_config(model.method_cfg)(out)
     assert set(parts) == {"loss", "contrastive", "diversity"} and torch.isfinite(parts["loss"])
     parts["loss"].backward()
     for name in ("extra_class_embedding", "extra_class_positions"):

@@ -75,7 +75,7 @@ def test_text_tower_and_image_embedding_equal_fixclip_with_only_the_stretch():
 def test_loss_is_long_plus_short_infonce_with_label_smoothing():
     model = LongClip(tiny_clip(), LongClipConfig(pca_components=3))
     out = model(*batch(8))
-    loss_fn = LongClipLoss.from_config(model.longclip_cfg)
+    loss_fn = LongClipLoss.from_config(model.method_cfg)
     assert loss_fn.label_smoothing == 0.1
     parts = loss_fn(out)
     assert set(parts) == {"loss", "long", "short"}

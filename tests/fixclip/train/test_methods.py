@@ -6,8 +6,10 @@ import torch
 
 from fixclip.holistic import HolisticClip
 from fixclip.longclip import LongClip
+from fixclip.methods import METHODS
 from fixclip.model import FixClip
 from fixclip.model_folder import load_model_folder
+from fixclip.train.config import TrainConfig
 from fixclip.train.loop import check_config, train
 from pipeline.shard import writer
 from pipeline.params.shard import ShardParams
@@ -15,6 +17,13 @@ from tests.fixclip.train.test_data import tiny_run, write_train_shards
 from tests.pipeline.shard.test_writer import make_raw
 
 CLASSES = {"fixclip": FixClip, "longclip": LongClip, "holistic": HolisticClip}
+
+
+def test_the_registry_holds_every_method_the_params_accept():
+    accepted = TrainConfig.model_fields["method"].annotation.__args__
+    assert set(METHODS) == set(accepted) == set(CLASSES)
+    assert all(METHODS[name].model is cls for name, cls in CLASSES.items())
+    assert all(METHODS[name].section is type(getattr(TrainConfig(), name)) for name in METHODS)
 
 
 def write_multi_caption_shards(root, n: int = 32, per_shard: int = 8, captions: int = 3):
