@@ -11,7 +11,6 @@ an empty DVC cache (committed work only). Table: ratio = ours / anchor, and `met
 a missed goal is a finding, not a failure. metrics/bench.json holds one flat entry per row plus the machine, for
 `dvc metrics show` / `dvc metrics diff`; with --only, the other benches' entries are kept.
 """
-import argparse
 import datetime
 import json
 import os
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench.report, when run from elsewhere
 
 from bench.report import check_row, meets  # noqa: E402
+from fixclip.cli import ArgumentParser, UserError, user_errors  # noqa: E402
 
 VENV_BIN = REPO / ".venv/bin"
 METRICS = REPO / "metrics/bench.json"
@@ -257,19 +257,21 @@ def selected(only: str | None, quick: bool, skip_full: bool) -> list[str]:
     names = known if only is None else [n.strip() for n in only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"--only: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+        raise UserError(f"--only: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     return [n for n in known if n in names and not (n == FULL and (quick or skip_full))]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join([*SCRIPTS, NOOP, FULL])}")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, fewer repeats, no full repro; a smoke check: metrics/bench.json untouched")
     parser.add_argument("--skip-full-repro", action="store_true", help=f"skip {FULL} (~10 min)")
-    args = parser.parse_args(argv)
+    with user_errors():
+        args = parser.parse_args(argv)
+        benches = selected(args.only, args.quick, args.skip_full_repro)
     info, rows, noop_repeats = machine(), [], 1 if args.quick else 3
-    for bench in selected(args.only, args.quick, args.skip_full_repro):
+    for bench in benches:
         if bench == NOOP:
             rows.append(time_noop_repro(noop_repeats))
         elif bench == FULL:  # a no-op skipped in this workspace is measured in the clone instead

@@ -6,14 +6,14 @@
 The merged params are validated with the full schema before anything is written, so a profile with a typo never
 reaches params.yaml. Nested mappings merge key by key; any other value (lists included) replaces the old one.
 """
-import argparse
 import io
-import sys
 from pathlib import Path
 
 import yaml
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
+from fixclip.cli import ArgumentParser, existing_file, user_errors
 from pipeline.params import PARAMS_FILE, ParamsError, parse_params
 
 
@@ -29,8 +29,8 @@ def merge(base, override) -> None:
 def apply(profile: Path, params_file: Path, check_only: bool = False) -> None:
     round_trip = YAML()  # keeps comments, and each scalar as written (1.0e-06 stays a float for YAML 1.1 readers)
     round_trip.preserve_quotes = True
-    params = round_trip.load(params_file.read_text())
-    merge(params, round_trip.load(profile.read_text()) or {})
+    params, override = (_mapping(round_trip, path) for path in (params_file, profile))
+    merge(params, override)
     buffer = io.StringIO()
     round_trip.dump(params, buffer)
     # Validate what the stages will read, with the loader they use.
@@ -39,16 +39,28 @@ def apply(profile: Path, params_file: Path, check_only: bool = False) -> None:
         params_file.write_text(buffer.getvalue())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Apply a params profile over params.yaml.")
-    parser.add_argument("profile", type=Path)
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
-    parser.add_argument("--check", action="store_true", help="validate the merged params, write nothing")
-    args = parser.parse_args()
+def _mapping(round_trip: YAML, path: Path):
+    """The YAML mapping in ``path`` (an empty file is an empty mapping); anything else is a ParamsError."""
     try:
+        loaded = round_trip.load(path.read_text())
+    except YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: expected a mapping of params sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def main(argv: list[str] | None = None) -> None:
+    with user_errors():
+        parser = ArgumentParser(prog="python -m pipeline.profile", description="Apply a params profile over "
+                                "params.yaml.")
+        parser.add_argument("profile", type=existing_file)
+        parser.add_argument("--params", type=existing_file, default=Path(PARAMS_FILE))
+        parser.add_argument("--check", action="store_true", help="validate the merged params, write nothing")
+        args = parser.parse_args(argv)
         apply(args.profile, args.params, args.check)
-    except ParamsError as exc:
-        sys.exit(f"error: {exc}")
     print(f"{'checked' if args.check else 'applied'} {args.profile} over {args.params}")
 
 

@@ -9,10 +9,10 @@ DVC's own commands give the other views:
     dvc exp show --only-changed               experiments side by side, only the params and metrics that differ
     dvc plots show                            the training curves and the base-vs-trained bars, as HTML
 """
-import argparse
 import json
 from pathlib import Path
 
+from fixclip.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.caption.filters import STATUSES
 
 CAPTION_FAILURES = [status for status in STATUSES if status != "ok"]
@@ -109,7 +109,10 @@ def report(metrics_dir: Path) -> str:
         if not path.is_file():
             lines.append(f"{stage}: not run yet")
             continue
-        metrics = json.loads(path.read_text())
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
         lines.append(f"{stage:<10} {describe(metrics)}")
         if stage == "evaluate":
             results = metrics
@@ -118,10 +121,11 @@ def report(metrics_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
-    print(report(parser.parse_args().metrics_dir))
+def main(argv: list[str] | None = None) -> None:
+    with user_errors():
+        parser = ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
+        parser.add_argument("--metrics-dir", type=existing_folder, default="metrics")
+        print(report(parser.parse_args(argv).metrics_dir))
 
 
 if __name__ == "__main__":

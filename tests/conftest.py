@@ -104,3 +104,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def assert_user_error(capsys, command, *names: str) -> str:
+    """``command()`` ends as a user error: exit status 2 and one line on stderr (no traceback) naming each of
+    ``names``; returns that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        command()
+    line = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "\n" not in line and line.startswith("error: "), line
+    assert all(name in line for name in names), line
+    return line

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from bench.__main__ import Row, main, run_bench, table, write_metrics
+from tests.conftest import assert_user_error
 
 ROWS = [
     {"name": "fast", "ours": 2.0, "anchor": 1.0, "anchor_name": "a", "unit": "images/s", "goal": ">= 0.95"},
@@ -74,6 +75,9 @@ def test_metrics_file_has_one_flat_entry_per_row_and_keeps_other_benches_on_requ
     assert not any(key.startswith("fake/f") for key in metrics)
 
 
-def test_unknown_bench_name_is_refused_naming_the_known_ones():
-    with pytest.raises(SystemExit, match="unknown nope; known: source, download, caption, shard"):
-        main(["--only", "shard,nope"])
+def test_unknown_bench_name_is_refused_naming_the_known_ones(capsys):
+    assert_user_error(capsys, lambda: main(["--only", "shard,nope"]), "unknown nope; known: source, download, caption")
+
+
+def test_a_bad_argument_is_one_line(capsys):
+    assert_user_error(capsys, lambda: main(["--quick", "--repeats", "3"]), "unrecognized arguments: --repeats 3")

@@ -4,12 +4,12 @@ Every stage calls `load_params()` first, so a typo anywhere in params.yaml fails
 e.g. `download.thread_count: expected int, got 'many'`.
 """
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError, model_validator
+
+from fixclip.cli import UserError, user_errors
 
 from pipeline.params.caption import CaptionParams
 from pipeline.params.download import DownloadParams
@@ -42,7 +42,7 @@ class Params(Section):
         return self
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml is unreadable or invalid; the message names every bad key."""
 
 
@@ -98,11 +98,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-@contextmanager
 def exit_on_params_error():
-    """For stage entry points: a ParamsError prints the named bad keys and exits 2, without a traceback."""
-    try:
-        yield
-    except ParamsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """For stage entry points: a ParamsError (or another user error) prints the named bad keys and exits 2, without
+    a traceback."""
+    return user_errors()

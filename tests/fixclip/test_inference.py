@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import fixclip
+from fixclip.__main__ import main
+from fixclip.cli import user_errors
 from fixclip.model_folder import save_model_folder
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_user_error
 from tests.fixclip.export.conftest import trained_like_model
 from tests.fixclip.export.test_export import TEXTS, _image_files
 from tests.stages.test_evaluate import BASE_CONFIG
@@ -54,8 +56,44 @@ def test_cli_embed_and_score_agree(model_folder, tmp_path):
     np.testing.assert_allclose(scores, saved["image_embeddings"] @ saved["text_embeddings"].T, atol=1e-4)
 
 
-def test_cli_without_inputs_or_with_a_missing_folder_fails_clearly(model_folder, tmp_path):
-    result = _cli("score", model_folder, check=False)
-    assert result.returncode == 2 and "score needs --images and --texts" in result.stderr
-    result = _cli("embed", tmp_path / "nowhere", "--texts", __file__, "--out", tmp_path / "x.npz", check=False)
-    assert result.returncode != 0 and "no fixclip.json" in result.stderr
+def test_cli_user_error_is_one_line_exit_2_without_traceback(model_folder, tmp_path):
+    """The issue's example, as a user types it: a missing image file."""
+    result = _cli("score", model_folder, "--images", tmp_path / "missing.png", "--texts", __file__, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    missing = tmp_path / "missing.png"
+    assert result.stderr.strip() == f"error: python -m fixclip score: argument --images: {missing}: no such file"
+
+
+@pytest.mark.parametrize("case, names", [
+    ("no_inputs", ["score needs --images and --texts"]),
+    ("missing_model", ["nowhere: no such file or folder"]),
+    ("not_a_model", ["empty: ", "fixclip.json"]),
+    ("not_an_image", ["texts.txt: not an image Pillow can read"]),
+    ("truncated_image", ["cut.png: not an image Pillow can read"]),
+    ("texts_not_utf8", ["latin1.txt: not UTF-8 text"]),
+    ("out_folder_missing", ["--out: ", "absent: no such folder"]),
+    ("unknown_command", ["invalid choice: 'scores'"]),
+])
+def test_cli_user_errors(case, names, model_folder, tmp_path, capsys):
+    texts, image = tmp_path / "texts.txt", _image_files(tmp_path)[0]
+    texts.write_text("a red circle\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "cut.png").write_bytes(image.read_bytes()[:60])
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    argv = {
+        "no_inputs": ["score", model_folder],
+        "missing_model": ["score", tmp_path / "nowhere", "--images", image, "--texts", texts],
+        "not_a_model": ["score", tmp_path / "empty", "--images", image, "--texts", texts],
+        "not_an_image": ["score", model_folder, "--images", texts, "--texts", texts],
+        "truncated_image": ["score", model_folder, "--images", tmp_path / "cut.png", "--texts", texts],
+        "texts_not_utf8": ["embed", model_folder, "--texts", tmp_path / "latin1.txt", "--out", tmp_path / "e.npz"],
+        "out_folder_missing": ["embed", model_folder, "--texts", texts, "--out", tmp_path / "absent" / "e.npz"],
+        "unknown_command": ["scores", model_folder],
+    }[case]
+    assert_user_error(capsys, lambda: main([str(a) for a in argv]), *names)
+
+
+def test_a_bug_is_not_a_user_error():
+    with pytest.raises(RuntimeError, match="a bug"):
+        with user_errors():
+            raise RuntimeError("a bug")

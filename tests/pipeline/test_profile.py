@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from pipeline.params import ParamsError, load_params
-from pipeline.profile import apply
-from tests.conftest import REPO
+from pipeline.profile import apply, main
+from tests.conftest import REPO, assert_user_error
 
 
 @pytest.fixture
@@ -83,3 +83,20 @@ def test_gpu_smoke_profile_validates_as_is(params_file):
     assert params.train.batch_size % params.train.num_workers == 0
     train_images = params.source.toyworld.num_images * (1 - params.shard.val_fraction)
     assert train_images // params.shard.samples_per_shard >= params.train.num_workers  # a shard per data worker
+
+
+@pytest.mark.parametrize("case, names", [
+    ("missing", ["configs/nope.yaml", "no such file"]),
+    ("bad_yaml", ["bad.yaml", "not valid YAML"]),
+    ("not_a_mapping", ["list.yaml", "expected a mapping"]),
+    ("bad_key", ["download.thread_count: expected int, got 'lots'"]),
+])
+def test_user_errors_are_one_line_and_exit_2(case, names, tmp_path, params_file, capsys):
+    profiles = {"missing": "configs/nope.yaml", "bad_yaml": tmp_path / "bad.yaml",
+                "not_a_mapping": tmp_path / "list.yaml", "bad_key": tmp_path / "key.yaml"}
+    (tmp_path / "bad.yaml").write_text("download: [unclosed\n")
+    (tmp_path / "list.yaml").write_text("- download\n")
+    (tmp_path / "key.yaml").write_text("download:\n  thread_count: lots\n")
+    before = params_file.read_text()
+    assert_user_error(capsys, lambda: main([str(profiles[case]), "--params", str(params_file)]), *names)
+    assert params_file.read_text() == before

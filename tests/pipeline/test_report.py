@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.report import STAGES, report
+from pipeline.report import STAGES, main, report
+from tests.conftest import assert_user_error
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ORDER = ("source", "download", "caption", "shard", "train", "evaluate", "export")
@@ -168,3 +169,9 @@ def test_report_on_the_repository_metrics_has_every_stage():
     if (folder / "eval.json").is_file():
         results = json.loads((folder / "eval.json").read_text())
         assert len(table_rows(out)) == sum(len(models) for models in results.values())
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert_user_error(capsys, lambda: main(["--metrics-dir", str(tmp_path / "nope")]), "nope: no such folder")
+    (tmp_path / "train.json").write_text('{"steps": 3')
+    assert_user_error(capsys, lambda: main(["--metrics-dir", str(tmp_path)]), "train.json: not valid JSON")
