@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report test envs ablation methods bench
+.PHONY: repro report plots test envs ablation methods bench
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -23,6 +23,10 @@ repro: envs
 # One line per stage and the evaluation table, from metrics/*.json (other views: docs/pipeline.md, "Reading a run").
 report:
 	python -m pipeline.report
+
+# Every DVC plot on one page that renders with no network (dvc_plots/offline.html; `dvc plots show` needs a CDN).
+plots:
+	python -m pipeline.plots
 
 # The ablation table (docs/evaluation.md): each row is one `dvc exp run` (train + evaluate rerun, the data is
 # cached). Every run sets all switches and the seed, so rows do not inherit each other's params; the last run

@@ -3,11 +3,12 @@
     python -m pipeline.report [--metrics-dir metrics]
 
 Reads the plain metrics/*.json files and never calls dvc, so it is fast and works on a copied folder.
-DVC's own commands give the other views:
+DVC gives the other views:
     dvc metrics show --md metrics/eval.json   every evaluation number (R@5/10, top-5, sizes, seconds) as Markdown
     dvc metrics diff [rev]                    each metric against the last commit (or rev), with the change
     dvc exp show --only-changed               experiments side by side, only the params and metrics that differ
-    dvc plots show                            the training curves and the base-vs-trained bars, as HTML
+    make plots                                the training curves and the base-vs-trained bars, as an HTML page
+                                              that needs no network (`dvc plots show`'s page loads a CDN)
 """
 import json
 from pathlib import Path
