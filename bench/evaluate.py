@@ -58,7 +58,8 @@ def _collate(batch):
 
 
 def make_benchmark(root: Path, images: int) -> RetrievalBenchmark:
-    params = ToyBenchmarkParams(num_images=images, num_classification_images=1)
+    params = ToyBenchmarkParams(num_images=images, num_layout_images=0, num_short_scene_images=0,
+                                num_classification_images=1)
     generate(params, ToyWorldParams(), DownloadParams(), root)
     long, short = load_toy(str(root), "long_retrieval"), load_toy(str(root), "short_retrieval")
     captions = [l + s for l, s in zip(long.captions, short.captions)]

@@ -33,7 +33,8 @@ def _shrink(root):
     params["shard"].update(samples_per_shard=16, val_fraction=0.2)
     params["train"].update(epochs=None, samples=64, batch_size=16, num_workers=1, checkpoint_every=2,
                            shuffle_buffer=16)
-    params["evaluate"]["toy"].update(num_images=24, num_classification_images=48)
+    params["evaluate"]["toy"].update(num_images=24, num_layout_images=12, num_short_scene_images=20,
+                                     num_classification_images=48)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _commit(root, "small")
 

@@ -39,11 +39,12 @@ class _Entry(Section):
 
 class ToyEntry(_Entry):
     kind: Literal["toy"]
-    task: Literal["long_retrieval", "short_retrieval", "zeroshot"]
+    task: Literal["long_retrieval", "layout_retrieval", "short_retrieval", "short_scene_retrieval", "zeroshot",
+                  "zeroshot_colour", "zeroshot_shape"]
 
     @property
     def is_retrieval(self) -> bool:
-        return self.task != "zeroshot"
+        return not self.task.startswith("zeroshot")
 
 
 class Urban1kEntry(_Entry):
@@ -125,6 +126,8 @@ class ToyBenchmarkParams(Section):
     seed: int = 1_000_003
     num_images: int = Field(500, ge=2, multiple_of=2)  # twin pairs of multi-object scenes for long/short retrieval
     min_objects: int = Field(5, ge=1)  # retrieval scenes have min_objects..source.toyworld.max_objects objects
+    num_layout_images: int = Field(500, ge=0, multiple_of=2)  # layout-twin pairs: two objects swapped between cells
+    num_short_scene_images: int = Field(500, ge=0)  # one- and two-object scenes with their complete description
     num_classification_images: int = Field(480, ge=1)  # single-object scenes, label "<colour> <shape>"
     short_text: Literal["alt_text", "first_sentence"] = "alt_text"
     templates: list[str] = Field(["a photo of a {c}.", "a {c}.", "a drawing of a {c}."], min_length=1)
@@ -137,10 +140,11 @@ class ToyBenchmarkParams(Section):
 
 
 def _default_benchmarks() -> list:
-    return [ToyEntry(kind="toy", name="toy_long", task="long_retrieval"),
-            ToyEntry(kind="toy", name="toy_long_cut77", task="long_retrieval", max_text_tokens=77),
-            ToyEntry(kind="toy", name="toy_short", task="short_retrieval"),
-            ToyEntry(kind="toy", name="toy_zeroshot", task="zeroshot")]
+    return [ToyEntry(kind="toy", name=name, task=task, **options) for name, task, options in (
+        ("toy_long", "long_retrieval", {}), ("toy_long_cut77", "long_retrieval", {"max_text_tokens": 77}),
+        ("toy_layout", "layout_retrieval", {}), ("toy_short", "short_retrieval", {}),
+        ("toy_short_scenes", "short_scene_retrieval", {}), ("toy_zeroshot", "zeroshot", {}),
+        ("toy_zeroshot_colour", "zeroshot_colour", {}), ("toy_zeroshot_shape", "zeroshot_shape", {}))]
 
 
 class EvaluateParams(Section):
@@ -161,4 +165,8 @@ class EvaluateParams(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"benchmarks: duplicate names {duplicates}")
+        sizes = {"layout_retrieval": "num_layout_images", "short_scene_retrieval": "num_short_scene_images"}
+        for entry in self.benchmarks:
+            if entry.kind == "toy" and entry.task in sizes and not getattr(self.toy, sizes[entry.task]):
+                raise ValueError(f"toy.{sizes[entry.task]}: 0, but benchmark {entry.name!r} reads that set")
         return self

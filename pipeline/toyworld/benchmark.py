@@ -6,11 +6,18 @@ Written in the layout `fixclip/eval/benchmarks/toy.py` reads:
   colour or the shape of the last-described object, drawn with the same jitter. The twins' long descriptions share
   their first 77 tokens, so a model that reads only 77 tokens cannot tell them apart: long-text retrieval rewards
   reading beyond 77. Each scene has its long description and a short caption (alt text or first sentence).
+- layout: `num_layout_images` scenes in layout-twin pairs: scene 2k+1 holds the same objects as scene 2k with two
+  of them (differing in colour or shape) swapped between their cells. The bag of attributes is the same, so only a
+  model that binds each object to its place tells the twins apart (what regional prompts are for).
+- short scenes: `num_short_scene_images` scenes of one or two objects, each with its complete description (under
+  77 tokens, all distinct): short text that a base CLIP which sees what the captions talk about can retrieve.
 - zero-shot: `num_classification_images` single-object scenes labelled "<colour> <shape>" (48 classes), prompted
-  with `templates`, e.g. "a photo of a red circle.".
+  with `templates`, e.g. "a photo of a red circle."; the same images are also classified by colour alone (8
+  classes) and by shape alone (6) (see `fixclip/eval/benchmarks/toy.py`).
 Images pass through img2dataset's own resizer with the `download` params, so they are encoded exactly like the
 training images (size, resize mode, format, quality): no domain gap between benchmark and training data.
 `stats.json` reports the share of descriptions over 77 tokens and of twin pairs equal in their first 77 tokens.
+Each set draws its scenes from its own range of indices, so resizing one set leaves the others' scenes as they are.
 """
 import io
 import json
@@ -26,10 +33,12 @@ from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.params.source import ToyWorldParams
 from pipeline.shard.short_text import first_sentence
-from pipeline.toyworld.scenes import COLOURS, SHAPES, ToyRecord, make_record, sample_scene, scene_record, twin_scene
+from pipeline.toyworld.scenes import (COLOURS, SHAPES, ToyRecord, layout_twin_scene, make_record, sample_scene,
+                                      scene_record, twin_scene)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 BASE_CONTEXT = 77
+LAYOUT_FIRST, SHORT_SCENES_FIRST = 1_000_000, 2_000_000  # first scene index of the layout and short-scene sets
 
 
 class HeldOutError(ValueError):
@@ -75,15 +84,57 @@ def _retrieval_records(params: ToyBenchmarkParams, world: ToyWorldParams) -> lis
     return records
 
 
-def text_stats(long_texts: list[str]) -> dict:
+def _layout_records(params: ToyBenchmarkParams, world: ToyWorldParams) -> list[ToyRecord]:
+    records = []
+    for index in range(LAYOUT_FIRST, LAYOUT_FIRST + params.num_layout_images, 2):
+        scene = sample_scene(params.seed, index, world.grid, params.min_objects, world.max_objects, world.textures)
+        twin = layout_twin_scene(scene, np.random.default_rng([params.seed, index, 2]))
+        records.append(scene_record(scene, params.seed, index, world.image_size))
+        records.append(scene_record(twin, params.seed, index + 1, world.image_size, draw_key=index))
+    return records
+
+
+def _short_scene_records(params: ToyBenchmarkParams, world: ToyWorldParams) -> list[ToyRecord]:
+    """Scenes of one or two objects with distinct descriptions (a scene whose description came before is skipped,
+    so no two captions tie)."""
+    records, seen, index = [], set(), SHORT_SCENES_FIRST
+    while len(records) < params.num_short_scene_images:
+        record = make_record(params.seed, index, world.image_size, world.grid, 1, 2, world.textures)
+        if record.long_description not in seen:
+            seen.add(record.long_description)
+            records.append(record)
+        index += 1
+    return records
+
+
+def _rounded_share(flags) -> float:
+    return round(float(flags.float().mean()), 4)
+
+
+def text_stats(long_texts: list[str], layout_texts: list[str], short_texts: list[str]) -> dict:
     """Share of texts longer than 77 CLIP tokens, and of twin pairs (2k, 2k+1) equal in their first 77 tokens."""
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    lengths = (tokenizer(long_texts, context_length=1024) != 0).sum(dim=1)
-    cut = tokenizer(long_texts, context_length=BASE_CONTEXT)
-    same = (cut[0::2] == cut[1::2]).all(dim=1)
-    return {"descriptions": len(long_texts), "share_over_77_tokens": round(float((lengths > BASE_CONTEXT).float().mean()), 4),
-            "tokens_median": int(lengths.median()), "tokens_max": int(lengths.max()),
-            "twin_pairs": int(same.numel()), "share_twins_equal_in_first_77_tokens": round(float(same.float().mean()), 4)}
+
+    def lengths(texts):
+        return (tokenizer(texts, context_length=1024) != 0).sum(dim=1)
+
+    def pairs_equal_in_77(texts):
+        cut = tokenizer(texts, context_length=BASE_CONTEXT)
+        return (cut[0::2] == cut[1::2]).all(dim=1)
+
+    long, same = lengths(long_texts), pairs_equal_in_77(long_texts)
+    stats = {"descriptions": len(long_texts), "share_over_77_tokens": _rounded_share(long > BASE_CONTEXT),
+             "tokens_median": int(long.median()), "tokens_max": int(long.max()),
+             "twin_pairs": int(same.numel()), "share_twins_equal_in_first_77_tokens": _rounded_share(same)}
+    if layout_texts:
+        layout_same = pairs_equal_in_77(layout_texts)
+        stats.update(layout_pairs=int(layout_same.numel()),
+                     share_layout_twins_equal_in_first_77_tokens=_rounded_share(layout_same))
+    if short_texts:
+        short = lengths(short_texts)
+        stats.update(short_scenes=len(short_texts), short_scene_tokens_max=int(short.max()),
+                     share_short_scenes_within_77_tokens=_rounded_share(short <= BASE_CONTEXT))
+    return stats
 
 
 def generate(params: ToyBenchmarkParams, world: ToyWorldParams, download: DownloadParams, out_dir: Path) -> dict:
@@ -107,18 +158,32 @@ def generate(params: ToyBenchmarkParams, world: ToyWorldParams, download: Downlo
         retrieval.append({"image": save(record), "uid": record.uid, "scene": record.scene_json,
                           "long_caption": record.long_description, "short_caption": short})
 
+    layout = [{"image": save(record), "uid": record.uid, "scene": record.scene_json,
+               "long_caption": record.long_description}
+              for record in tqdm(_layout_records(params, world), desc="toy benchmark: layout twins", unit="img")]
+    short_scenes = [{"image": save(record), "uid": record.uid, "scene": record.scene_json,
+                     "caption": record.long_description}
+                    for record in tqdm(_short_scene_records(params, world), desc="toy benchmark: short scenes",
+                                       unit="img")]
+
     classification = []
     for index in tqdm(range(params.num_images, params.num_images + params.num_classification_images),
                       desc="toy benchmark: single objects", unit="img"):
         record = make_record(params.seed, index, world.image_size, world.grid, 1, 1, world.textures)
         obj = json.loads(record.scene_json)["objects"][0]
         classification.append({"image": save(record), "uid": record.uid, "scene": record.scene_json,
-                               "label": f"{obj['colour']} {obj['shape']}"})
+                               "label": f"{obj['colour']} {obj['shape']}", "colour": obj["colour"],
+                               "shape": obj["shape"]})
 
     _write_jsonl(out_dir / "retrieval.jsonl", retrieval)
+    _write_jsonl(out_dir / "layout.jsonl", layout)
+    _write_jsonl(out_dir / "short_scenes.jsonl", short_scenes)
     _write_jsonl(out_dir / "classification.jsonl", classification)
-    write_json(out_dir / "classes.json", {"classnames": classnames(), "templates": list(params.templates)})
-    stats = {"retrieval_images": len(retrieval), "classification_images": len(classification),
-             "classes": len(classnames()), **text_stats([r["long_caption"] for r in retrieval])}
+    write_json(out_dir / "classes.json", {"classnames": classnames(), "colours": list(COLOURS),
+                                          "shapes": list(SHAPES), "templates": list(params.templates)})
+    stats = {"retrieval_images": len(retrieval), "layout_images": len(layout), "short_scene_images": len(short_scenes),
+             "classification_images": len(classification), "classes": len(classnames()),
+             **text_stats([r["long_caption"] for r in retrieval], [r["long_caption"] for r in layout],
+                          [r["caption"] for r in short_scenes])}
     write_json(out_dir / "stats.json", stats)
     return stats

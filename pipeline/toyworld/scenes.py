@@ -217,6 +217,22 @@ def twin_scene(scene: Scene, rng: np.random.Generator) -> Scene:
     return replace(scene, objects=scene.objects[:-1] + (changed,))
 
 
+def layout_twin_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with two of its objects swapped between their cells, each keeping its colour, shape, size and
+    fill. Both images hold the same objects, so only binding each object to its place tells them apart. The two
+    differ in colour or shape, so the images differ."""
+    objects = scene.objects
+    pairs = [(i, j) for i in range(len(objects)) for j in range(i + 1, len(objects))
+             if (objects[i].colour, objects[i].shape) != (objects[j].colour, objects[j].shape)]
+    if not pairs:
+        raise ValueError("no two objects of the scene differ in colour or shape")
+    i, j = pairs[int(rng.integers(len(pairs)))]
+    moved = list(objects)
+    moved[i] = replace(objects[i], row=objects[j].row, col=objects[j].col)
+    moved[j] = replace(objects[j], row=objects[i].row, col=objects[i].col)
+    return replace(scene, objects=tuple(sorted(moved, key=lambda o: (o.row, o.col))))
+
+
 def write_png(image: Image.Image, path: Path) -> None:
     """PNG without metadata chunks, so equal images give equal bytes."""
     image.save(path, format="PNG", optimize=False, compress_level=6)

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG, BASE_WEIGHTS = REPO / "assets/base_clip/model.json", REPO / "assets/base_clip/weights.pt"
 WORLD = ToyWorldParams()
 DOWNLOAD = DownloadParams()
-SMALL_TOY = ToyBenchmarkParams(num_images=24, num_classification_images=16)
+SMALL_TOY = ToyBenchmarkParams(num_images=24, num_layout_images=12, num_short_scene_images=20,
+                               num_classification_images=16)
 
 
 def _save_folder(folder: Path, model: FixClip, cfg: FixClipConfig) -> Path:
@@ -43,13 +44,15 @@ def test_stage_writes_base_and_trained_side_by_side(tmp_path):
 
     written = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert written == json.loads(json.dumps(results))
-    assert set(written) == {"toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"}
-    for name in ("toy_long", "toy_short"):
+    assert set(written) == {"toy_long", "toy_long_cut77", "toy_layout", "toy_short", "toy_short_scenes",
+                            "toy_zeroshot", "toy_zeroshot_colour", "toy_zeroshot_shape"}
+    for name, images in (("toy_long", 24), ("toy_short", 24), ("toy_layout", 12), ("toy_short_scenes", 20)):
         for model in ("base", "trained"):
             metrics = written[name][model]
             assert {f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} <= set(metrics)
-            assert all(0 <= metrics[f"i2t_R@{k}"] <= 100 for k in (1, 5, 10)) and metrics["images"] == 24
-    assert set(written["toy_zeroshot"]["trained"]) >= {"top1", "top5"}
+            assert all(0 <= metrics[f"i2t_R@{k}"] <= 100 for k in (1, 5, 10)) and metrics["images"] == images
+    for name, classes in (("toy_zeroshot", 48), ("toy_zeroshot_colour", 8), ("toy_zeroshot_shape", 6)):
+        assert set(written[name]["trained"]) >= {"top1", "top5"} and written[name]["trained"]["classes"] == classes
     # Long descriptions exceed 77 tokens: the 248-token model sees their tails, so its long-text numbers differ.
     recalls = [{k: v for k, v in written["toy_long"][m].items() if "R@" in k} for m in ("base", "trained")]
     assert recalls[0] != recalls[1]
@@ -60,9 +63,11 @@ def test_stage_writes_base_and_trained_side_by_side(tmp_path):
     for model in ("base", "trained"):
         with open(tmp_path / f"plots/eval/{model}.csv") as handle:
             rows = list(csv.DictReader(handle))
-        assert [r["task"] for r in rows] == ["toy_long I2T R@1", "toy_long T2I R@1", "toy_long_cut77 I2T R@1",
-                                             "toy_long_cut77 T2I R@1", "toy_short I2T R@1",
-                                             "toy_short T2I R@1", "toy_zeroshot top-1"]
+        assert [r["task"] for r in rows] == [
+            "toy_long I2T R@1", "toy_long T2I R@1", "toy_long_cut77 I2T R@1", "toy_long_cut77 T2I R@1",
+            "toy_layout I2T R@1", "toy_layout T2I R@1", "toy_short I2T R@1", "toy_short T2I R@1",
+            "toy_short_scenes I2T R@1", "toy_short_scenes T2I R@1", "toy_zeroshot top-1", "toy_zeroshot_colour top-1",
+            "toy_zeroshot_shape top-1"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

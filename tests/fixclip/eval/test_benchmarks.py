@@ -144,11 +144,24 @@ def test_toy_tasks_read_the_generated_layout(tmp_path):
     _image(tmp_path / "images/a.png")
     _image(tmp_path / "images/b.png")
     _jsonl(tmp_path / "retrieval.jsonl", [{"image": "images/a.png", "long_caption": "L", "short_caption": "S"}])
-    _jsonl(tmp_path / "classification.jsonl", [{"image": "images/b.png", "label": "red star"}])
-    (tmp_path / "classes.json").write_text(json.dumps({"classnames": ["red circle", "red star"],
-                                                       "templates": ["a photo of a {c}."]}))
+    _jsonl(tmp_path / "layout.jsonl", [{"image": "images/b.png", "long_caption": "Swapped"}])
+    _jsonl(tmp_path / "short_scenes.jsonl", [{"image": "images/a.png", "caption": "One"}])
+    _jsonl(tmp_path / "classification.jsonl", [{"image": "images/b.png", "label": "red star", "colour": "red",
+                                                "shape": "star"}])
+    (tmp_path / "classes.json").write_text(json.dumps({
+        "classnames": ["red circle", "red star", "blue circle", "blue star"], "colours": ["red", "blue"],
+        "shapes": ["circle", "star"], "templates": ["a photo of a {c}.", "a {c}."]}))
     long = ADAPTERS["toy"](root=str(tmp_path), task="long_retrieval")
     assert isinstance(long, RetrievalBenchmark) and long.captions == [["L"]]
     assert ADAPTERS["toy"](root=str(tmp_path), task="short_retrieval").captions == [["S"]]
+    assert ADAPTERS["toy"](root=str(tmp_path), task="layout_retrieval").captions == [["Swapped"]]
+    assert ADAPTERS["toy"](root=str(tmp_path), task="short_scene_retrieval").captions == [["One"]]
     zeroshot = ADAPTERS["toy"](root=str(tmp_path), task="zeroshot")
     assert zeroshot.labels == [1] and zeroshot.images == [tmp_path / "images/b.png"]
+    colour = ADAPTERS["toy"](root=str(tmp_path), task="zeroshot_colour")
+    assert colour.labels == [0] and colour.classnames == ["red", "blue"]
+    assert colour.prompts()[1] == ["a photo of a blue circle.", "a photo of a blue star.", "a blue circle.",
+                                   "a blue star."]
+    shape = ADAPTERS["toy"](root=str(tmp_path), task="zeroshot_shape")
+    assert shape.labels == [1] and shape.prompts()[0] == ["a photo of a red circle.", "a photo of a blue circle.",
+                                                          "a red circle.", "a blue circle."]

@@ -7,7 +7,9 @@ from pipeline.params.source import ToyWorldParams
 
 def test_defaults_are_the_held_out_toy_benchmark():
     params = EvaluateParams()
-    assert [b.name for b in params.benchmarks] == ["toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"]
+    assert [b.name for b in params.benchmarks] == ["toy_long", "toy_long_cut77", "toy_layout", "toy_short",
+                                                   "toy_short_scenes", "toy_zeroshot", "toy_zeroshot_colour",
+                                                   "toy_zeroshot_shape"]
     assert params.toy.seed != ToyWorldParams().seed
 
 
@@ -20,6 +22,8 @@ def test_defaults_are_the_held_out_toy_benchmark():
     ({"benchmarks": [{"kind": "toy", "name": "t", "task": "zeroshot", "root": "x"}]}, "Extra inputs"),
     ({"benchmarks": [{"kind": "toy", "name": "t", "task": "zeroshot"}] * 2}, "duplicate names"),
     ({"toy": {"templates": ["a photo"]}}, "needs '{c}'"),
+    ({"toy": {"num_layout_images": 0}}, "toy.num_layout_images: 0, but benchmark 'toy_layout' reads that set"),
+    ({"toy": {"num_layout_images": 5}}, "multiple of 2"),
     ({"batch_size": "8"}, "Input should be a valid integer"),
 ])
 def test_bad_params_fail_naming_the_problem(raw, message):

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import open_clip
 import pandas as pd
+import pytest
 
 from pipeline.toyworld import scenes
 from pipeline.params.source import ToyWorldParams
@@ -85,3 +86,26 @@ def test_twin_changes_only_the_last_object_in_colour_or_shape():
         first, second = (scenes.long_description(s) for s in (scene, twin))
         cut = first.rindex("In the ")
         assert first[:cut] == second[:cut] and first != second
+
+
+def test_layout_twin_holds_the_same_objects_with_two_swapped_between_cells():
+    for index in range(40):
+        scene = scenes.sample_scene(5, index, 3, 5, 6, textures=True)
+        twin = scenes.layout_twin_scene(scene, np.random.default_rng(index))
+        attributes = [sorted((o.colour, o.shape, o.size, o.texture) for o in s.objects) for s in (scene, twin)]
+        assert attributes[0] == attributes[1] and twin.background == scene.background
+        cells = [{(o.row, o.col): o for o in s.objects} for s in (scene, twin)]
+        assert cells[0].keys() == cells[1].keys()
+        moved = [cell for cell in cells[0] if cells[0][cell] != cells[1][cell]]
+        assert len(moved) == 2
+        first, second = (cells[0][cell] for cell in moved)
+        assert (first.colour, first.shape) != (second.colour, second.shape)
+        assert [(o.row, o.col) for o in twin.objects] == sorted((o.row, o.col) for o in twin.objects)
+        assert scenes.long_description(scene) != scenes.long_description(twin)
+
+
+def test_layout_twin_refuses_a_scene_whose_objects_all_look_alike():
+    same = scenes.ToyObject("red", "circle", "small", "solid", 0, 0)
+    scene = scenes.Scene("white", 3, (same, scenes.ToyObject("red", "circle", "large", "solid", 1, 1)))
+    with pytest.raises(ValueError, match="differ in colour or shape"):
+        scenes.layout_twin_scene(scene, np.random.default_rng(0))
