@@ -23,7 +23,8 @@ Evaluation (retrieval, zero-shot, benchmark adapters)                   eval/
 The model (open_clip-compatible encode_image / encode_text)             model.FixClip
 Use without DVC: fixclip.load(folder) -> model, preprocess, tokenizer   inference.load; CLI: python -m fixclip
 Exports for open_clip and transformers, verified against our embeddings export/
-Base CLIP from a config + local weights file (no hub)                   base_model.load_clip, build_clip
+Base CLIP from a config + local weights file (no hub)                   checkpoint_formats.load_clip; base_model
+Downloaded checkpoints: OpenAI, open_clip hub, transformers, Long-CLIP  checkpoint_formats.load_checkpoint
 """
 import importlib
 

@@ -44,7 +44,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     for name, help_text in (("score", "print image x text cosine similarities as a TSV table"),
                             ("embed", "write L2-normalised embeddings to an .npz file")):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("model", type=existing_path, help="model folder (models/fixclip, assets/base_clip, ...)")
+        command.add_argument("model", type=existing_path, help="model folder or checkpoint (models/fixclip, "
+                                     "assets/base_clip, ViT-B-16.pt, an open_clip or transformers folder, ...)")
         command.add_argument("--images", type=readable_image, nargs="*", default=[], help="image files")
         command.add_argument("--texts", type=existing_file, help="text file, one text per line")
         command.add_argument("--device", default="cpu")
@@ -61,19 +62,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _model(path: Path, device: str):
-    """The model at ``path``; a folder that holds no model is a user error."""
-    try:
-        return load(path, device)[0]
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: not a model folder ({exc})") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     with user_errors():
         args = _arguments(argv)
         texts = _texts(args.texts)
-        encoder = CachedEncoder(_model(args.model, args.device), str(args.model))
+        encoder = CachedEncoder(load(args.model, args.device)[0], str(args.model))  # a bad checkpoint: UserError
     images = encoder.images(args.images)
     text_embeddings = encoder.texts(texts)
     if args.command == "embed":

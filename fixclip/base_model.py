@@ -1,4 +1,5 @@
-"""Build open_clip CLIP models from a config (built-in name, JSON file or dict) and a local weights file; no hub."""
+"""Build open_clip CLIP models from a config (built-in name, JSON file or dict); no hub. Weights are read by
+``checkpoint_formats.load_clip``."""
 import copy
 import json
 from pathlib import Path
@@ -21,11 +22,13 @@ TINY_CLIP_CONFIG = {
 
 
 def resolve_model_config(model: ModelRef) -> dict:
-    """A config dict from a dict, a path to an open_clip-style JSON file, or a built-in open_clip model name."""
+    """A config dict from a dict, a path to an open_clip-style JSON file (flat, or a hub folder's
+    ``open_clip_config.json`` with ``model_cfg`` + ``preprocess_cfg``), or a built-in open_clip model name."""
     if isinstance(model, dict):
         return copy.deepcopy(model)
     if str(model).endswith(".json"):
-        return json.loads(Path(model).read_text())
+        saved = json.loads(Path(model).read_text())
+        return saved.get("model_cfg", saved)
     cfg = open_clip.get_model_config(str(model))
     if cfg is None:
         raise ValueError(f"unknown open_clip model {model!r} (not a built-in name nor a .json config)")
@@ -40,13 +43,6 @@ def build_clip(model: ModelRef, seed: Optional[int] = None) -> nn.Module:
         if seed is not None:
             torch.manual_seed(seed)
         return model_class(**cfg)
-
-
-def load_clip(model: ModelRef, weights: Union[str, Path]) -> nn.Module:
-    """Build the model and load a local state_dict file through open_clip (``weights_only=True``)."""
-    clip = build_clip(model)
-    open_clip.load_checkpoint(clip, str(weights), weights_only=True)
-    return clip
 
 
 def save_weights(model: nn.Module, path: Union[str, Path], dtype: torch.dtype = torch.float32) -> None:

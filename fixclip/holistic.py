@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from open_clip.loss import gather_features
 from torch import nn
 
-from .base_model import ModelRef, load_clip
+from .base_model import ModelRef
+from .checkpoint_formats import load_clip
 from .config import FixClipConfig, HolisticConfig
 from .longclip import stretched_text_config
 from .model import FixClip

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base_model import ModelRef, load_clip
+from .base_model import ModelRef
+from .checkpoint_formats import load_clip
 from .config import FixClipConfig, LongClipConfig
 from .loss import info_nce
 from .model import FixClip

@@ -12,7 +12,8 @@ from open_clip.model import CLIP
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
-from .base_model import ModelRef, load_clip
+from .base_model import ModelRef
+from .checkpoint_formats import load_clip
 from .config import FixClipConfig
 from .hfa import GroupAlignmentHead
 from .masking import MaskEmbedding, random_patch_mask

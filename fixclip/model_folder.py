@@ -9,6 +9,8 @@ A model folder is either
   ``weights_only=True``; or
 - a base CLIP as in ``assets/base_clip``: ``model.json`` and ``weights.pt`` (an open_clip state_dict), no
   ``fixclip.json``.
+Any other path is read by ``fixclip.checkpoint_formats.load_checkpoint`` (OpenAI, open_clip hub, transformers,
+Long-CLIP) and wrapped like a base CLIP.
 """
 import json
 import os
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .base_model import ModelRef, build_clip, load_clip, resolve_model_config
+from .base_model import ModelRef, build_clip, resolve_model_config
+from .checkpoint_formats import load_checkpoint, load_clip, read_state_dict
 from .config import FixClipConfig
 from .methods import METHODS, method_of
 from .model import FixClip
@@ -77,25 +80,16 @@ def load_base(config: ModelRef, weights: str | Path) -> FixClip:
     return FixClip(load_clip(config, weights), FixClipConfig.plain()).eval()
 
 
-def _state_dict(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_model_folder(folder: str | Path, base_config: ModelRef | None = None) -> FixClip:
-    """The model in ``folder`` (layouts in the module docstring); ``base_config`` rebuilds the architecture when
-    the folder has no ``model.json``."""
+    """The model in ``folder`` (layouts in the module docstring; or any checkpoint path); ``base_config`` rebuilds
+    the architecture when a trained folder has no ``model.json``."""
     folder = Path(folder)
     model_config = folder / MODEL_CONFIG
     if (folder / FIXCLIP_CONFIG).is_file():
         cfg = FixClipConfig.model_validate_json((folder / FIXCLIP_CONFIG).read_text())
         model = _build(folder, build_clip(model_config if model_config.is_file() else base_config), cfg)
-        model.load_state_dict(_state_dict(folder / WEIGHTS), strict=True)
+        model.load_state_dict(read_state_dict(folder / WEIGHTS), strict=True)
         return model.eval()
     if model_config.is_file():
         return load_base(model_config, folder / WEIGHTS)
-    raise FileNotFoundError(f"{folder}: no {FIXCLIP_CONFIG} (trained model) nor {MODEL_CONFIG} (base CLIP)")
+    return FixClip(load_checkpoint(folder).model, FixClipConfig.plain()).eval()

@@ -11,6 +11,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -31,9 +32,9 @@ class _ImageFiles(Dataset):
 
 
 def eval_transform(model: FixClip):
-    """open_clip's evaluation transform at the model's image size (resize shorter side, centre crop, normalise
-    with open_clip's default OpenAI mean/std)."""
-    return open_clip.image_transform(model.clip.visual.image_size, is_train=False)
+    """open_clip's evaluation transform at the model's image size (resize shorter side, centre crop, normalise),
+    with the preprocessing a loaded checkpoint attached (mean/std, interpolation), else open_clip's OpenAI defaults."""
+    return image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model.clip)), is_train=False)
 
 
 class CachedEncoder:

@@ -14,7 +14,8 @@ import open_clip
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..base_model import build_clip, load_clip
+from ..base_model import build_clip
+from ..checkpoint_formats import load_clip
 from ..methods import METHODS
 from ..model import FixClip
 from . import checkpoints as ckpt

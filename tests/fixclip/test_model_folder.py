@@ -26,5 +26,5 @@ def test_model_folder_round_trip_and_base_layout(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), stretched.state_dict().values()))
 
     assert load_model_folder(REPO / "assets/base_clip", BASE_CONFIG).cfg == FixClipConfig.plain()
-    with pytest.raises(FileNotFoundError, match="fixclip.json"):
+    with pytest.raises(FileNotFoundError, match="missing: no such file or folder"):
         load_model_folder(tmp_path / "missing", BASE_CONFIG)
