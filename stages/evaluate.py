@@ -38,9 +38,12 @@ def eval_device(preference: str) -> torch.device:
 
 
 def load_models(params: EvaluateParams, base: BaseModelParams, device: torch.device) -> dict:
+    """base, trained (unless null) and every extra model, each as `fixclip.load` reads it."""
     models = {"base": load_base(base.config, base.weights)}
     if params.trained_model is not None:
         models["trained"] = load_model_folder(params.trained_model, base.config)
+    for extra in params.extra_models:
+        models[extra.name] = load_model_folder(extra.path)
     return {name: model.to(device) for name, model in models.items()}
 
 

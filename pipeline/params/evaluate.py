@@ -139,6 +139,28 @@ class ToyBenchmarkParams(Section):
         return self
 
 
+EXTRA_MODELS_DIR = "models/extra"  # a dep of the evaluate stage: extra checkpoints live (or are linked) here
+
+
+class ExtraModel(Section):
+    """A checkpoint scored beside base and trained: any format `fixclip.load` reads (OpenAI archive, open_clip hub
+    folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours)."""
+
+    name: str = _NAME
+    path: str
+
+    @model_validator(mode="after")
+    def _under_the_tracked_folder(self):
+        if self.name in ("base", "trained"):
+            raise ValueError(f"name: {self.name!r} is taken by the base or the trained model")
+        if not Path(self.path).as_posix().startswith(EXTRA_MODELS_DIR + "/"):
+            raise ValueError(f"path: {self.path!r} is not under {EXTRA_MODELS_DIR}/ (the folder DVC tracks as a dep "
+                             f"of evaluate; copy or link the checkpoint there)")
+        if not Path(self.path).exists():
+            raise ValueError(f"path: not found: {self.path!r}")
+        return self
+
+
 def _default_benchmarks() -> list:
     return [ToyEntry(kind="toy", name=name, task=task, **options) for name, task, options in (
         ("toy_long", "long_retrieval", {}), ("toy_long_cut77", "long_retrieval", {"max_text_tokens": 77}),
@@ -151,6 +173,7 @@ class EvaluateParams(Section):
     """The base model evaluated is `train.base_model` (the CLIP that training starts from)."""
 
     trained_model: str | None = "models/fixclip"  # model folder written by train; null: base model only
+    extra_models: list[ExtraModel] = []  # more checkpoints scored on the same benchmarks (e.g. released Long-CLIP)
     toy: ToyBenchmarkParams = ToyBenchmarkParams()
     benchmarks: list[BenchmarkEntry] = Field(default_factory=_default_benchmarks, min_length=1)
     batch_size: int = Field(64, ge=1)
@@ -161,10 +184,11 @@ class EvaluateParams(Section):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [b.name for b in self.benchmarks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"benchmarks: duplicate names {duplicates}")
+        for key, entries in (("benchmarks", self.benchmarks), ("extra_models", self.extra_models)):
+            names = [entry.name for entry in entries]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{key}: duplicate names {duplicates}")
         sizes = {"layout_retrieval": "num_layout_images", "short_scene_retrieval": "num_short_scene_images"}
         for entry in self.benchmarks:
             if entry.kind == "toy" and entry.task in sizes and not getattr(self.toy, sizes[entry.task]):

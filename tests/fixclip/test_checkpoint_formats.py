@@ -29,9 +29,10 @@ from fixclip.base_model import build_clip
 from fixclip.checkpoint_formats import CheckpointError, CheckpointNotFound, load_checkpoint, load_clip
 from fixclip.export import hf_folder, openclip_folder
 from fixclip.export.hf_folder import hf_config, hf_state_dict
+from tests.conftest import REPO
 from tests.fixclip.export.conftest import trained_like_model
-from tests.stages.test_evaluate import BASE_CONFIG
 
+BASE_CONFIG = REPO / "assets/base_clip/model.json"
 VIT_B16 = {"embed_dim": 512, "quick_gelu": True,
            "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 768, "layers": 2, "head_width": 64},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 2}}

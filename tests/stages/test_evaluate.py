@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from fixclip.base_model import build_clip
 from fixclip.config import FixClipConfig
 from fixclip.model_folder import load_base, load_model_folder
 from fixclip.model import FixClip
@@ -78,3 +80,41 @@ def test_cuda_without_a_gpu_fails_before_any_work(tmp_path):
         run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
             plots_dir=tmp_path / "plots")
     assert not any(tmp_path.iterdir())
+
+
+def test_extra_models_are_scored_beside_base_and_trained(tmp_path, monkeypatch):
+    """A checkpoint in Long-CLIP's released format (a tiny one: heads of 64 channels as OpenAI's layout needs)."""
+    from tests.fixclip.test_checkpoint_formats import _write_longclip  # here: that module imports this one
+
+    monkeypatch.chdir(tmp_path)
+    tiny = build_clip({"embed_dim": 64, "quick_gelu": True,
+                       "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},
+                       "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}},
+                      seed=0)
+    tables = [0.01 * torch.randn(248, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    (tmp_path / "models/extra").mkdir(parents=True)
+    _write_longclip(tiny, tables, tmp_path / "models/extra/longclip-tiny.pt")
+    cfg = FixClipConfig.plain().with_(stretch=True)
+    trained = _save_folder(tmp_path / "models/fixclip", FixClip(load_base(BASE_CONFIG, BASE_WEIGHTS).clip, cfg), cfg)
+    params = EvaluateParams.model_validate({
+        "trained_model": str(trained), "toy": SMALL_TOY.model_dump(), "batch_size": 16,
+        "benchmarks": [{"name": "toy_long", "kind": "toy", "task": "long_retrieval"}],
+        "extra_models": [{"name": "longclip-tiny", "path": "models/extra/longclip-tiny.pt"}]})
+    base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
+    results = run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
+                  plots_dir=tmp_path / "plots")
+    assert list(results["toy_long"]) == ["base", "trained", "longclip-tiny"]
+    assert results["toy_long"]["longclip-tiny"]["images"] == 24
+    assert json.loads((tmp_path / "eval.json").read_text())["toy_long"]["longclip-tiny"] == json.loads(
+        json.dumps(results["toy_long"]["longclip-tiny"]))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"name": "x", "path": "elsewhere/ViT-B-16.pt"}, "not under models/extra/"),
+    ({"name": "x", "path": "models/extra/none.pt"}, "path: not found"),
+    ({"name": "trained", "path": "models/extra/README.md"}, "taken by the base or the trained model"),
+])
+def test_extra_models_are_refused_naming_the_key(extra, message, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValidationError, match=message):
+        EvaluateParams.model_validate({"extra_models": [extra]})
