@@ -14,7 +14,7 @@ from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.model_folder import MODEL_CONFIG, load_model_folder
 from pipeline.outputs import write_bytes, write_json
-from pipeline.params import ParamsError, exit_on_params_error, load_params
+from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
 
 OUT = Path("models/export")
@@ -30,8 +30,8 @@ def folder_bytes(folder: Path) -> int:
 def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
     config = Path(params.model) / MODEL_CONFIG
     if not config.is_file():
-        raise ParamsError(f"params.yaml: invalid params\n  export.model: no {MODEL_CONFIG} in {params.model!r} "
-                          "(not a model folder written by the train stage)")
+        raise ParamsError.invalid(PARAMS_FILE, [f"export.model: no {MODEL_CONFIG} in {params.model!r} (not a model "
+                                                "folder written by the train stage)"])
     model = load_model_folder(params.model)
     metrics = {"atol": params.atol}
     for name, export in EXPORTERS.items():

@@ -11,7 +11,7 @@ from fixclip.train.config import RunDirs
 from fixclip.train.distributed import torchrun_command, under_torchrun
 from fixclip.train.loop import check_config, train
 from pipeline.outputs import write_json
-from pipeline.params import ParamsError, exit_on_params_error, load_params
+from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.train import TrainParams
 
 DIRS = RunDirs(out_dir="models/fixclip", checkpoint_dir="checkpoints/train", log_dir="dvclive/train")
@@ -23,11 +23,11 @@ def check_fits_base_model(params: TrainParams) -> None:
     base = params.base_model
     for key, path in (("config", base.config), ("weights", base.weights)):
         if (key == "weights" or path.endswith(".json")) and not Path(path).is_file():
-            raise ParamsError(f"params.yaml: invalid params\n  train.base_model.{key}: file not found: {path!r}")
+            raise ParamsError.invalid(PARAMS_FILE, [f"train.base_model.{key}: file not found: {path!r}"])
     try:
         check_config(params)
     except ValueError as exc:
-        raise ParamsError(f"params.yaml: invalid params\n  train.{exc}") from None
+        raise ParamsError.invalid(PARAMS_FILE, [f"train.{exc}"]) from None
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     wanted = params.distributed.nproc_per_node * params.distributed.nnodes
     if not under_torchrun() and wanted > 1:
         if params.distributed.nnodes > 1:
-            raise ParamsError("params.yaml: invalid params\n  train.distributed.nnodes: several nodes need "
-                              "`torchrun --nnodes N --nproc-per-node P ... -m stages.train` started on every node")
+            raise ParamsError.invalid(PARAMS_FILE, ["train.distributed.nnodes: several nodes need `torchrun --nnodes N "
+                                                    "--nproc-per-node P ... -m stages.train` started on every node"])
         raise SystemExit(subprocess.call(torchrun_command("stages.train", params.distributed.nproc_per_node)))
     metrics = train(params, DIRS)
     if metrics is not None:

@@ -43,7 +43,12 @@ class Params(Section):
 
 
 class ParamsError(UserError, ValueError):
-    """params.yaml is unreadable or invalid; the message names every bad key."""
+    """params.yaml is unreadable or invalid; the message names every bad key, on one line."""
+
+    @classmethod
+    def invalid(cls, origin: str, problems: list[str]) -> "ParamsError":
+        """``<origin>: invalid params: <key>: <what is wrong>; <key>: ...``."""
+        return cls(f"{origin}: invalid params: {'; '.join(problems)}")
 
 
 _EXPECTED = {
@@ -83,8 +88,7 @@ def parse_params(raw: object, origin: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
-        raise ParamsError(f"{origin}: invalid params\n{lines}") from None
+        raise ParamsError.invalid(origin, [_describe(e) for e in exc.errors()]) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -94,7 +98,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_params(raw, str(path))
 
 
