@@ -22,6 +22,7 @@ Each set draws its scenes from its own range of indices, so resizing one set lea
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,8 @@ from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.params.source import ToyWorldParams
 from pipeline.shard.short_text import first_sentence
-from pipeline.toyworld.scenes import (COLOURS, SHAPES, ToyRecord, layout_twin_scene, make_record, sample_scene,
-                                      scene_record, twin_scene)
+from pipeline.toyworld.scenes import (COLOURS, SHAPES, Scene, ToyRecord, layout_twin_scene, make_record,
+                                      sample_scene, scene_record, twin_scene)
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 BASE_CONTEXT = 77
@@ -74,21 +75,13 @@ class _Encoder:
         return encoded
 
 
-def _retrieval_records(params: ToyBenchmarkParams, world: ToyWorldParams) -> list[ToyRecord]:
+def _pair_records(params: ToyBenchmarkParams, world: ToyWorldParams, first: int, count: int,
+                  twin_of: Callable[[Scene, np.random.Generator], Scene]) -> list[ToyRecord]:
+    """`count` scenes from index `first`, in pairs: scene 2k as drawn, scene 2k+1 its twin, with the same jitter."""
     records = []
-    for index in range(0, params.num_images, 2):
+    for index in range(first, first + count, 2):
         scene = sample_scene(params.seed, index, world.grid, params.min_objects, world.max_objects, world.textures)
-        twin = twin_scene(scene, np.random.default_rng([params.seed, index, 2]))
-        records.append(scene_record(scene, params.seed, index, world.image_size))
-        records.append(scene_record(twin, params.seed, index + 1, world.image_size, draw_key=index))
-    return records
-
-
-def _layout_records(params: ToyBenchmarkParams, world: ToyWorldParams) -> list[ToyRecord]:
-    records = []
-    for index in range(LAYOUT_FIRST, LAYOUT_FIRST + params.num_layout_images, 2):
-        scene = sample_scene(params.seed, index, world.grid, params.min_objects, world.max_objects, world.textures)
-        twin = layout_twin_scene(scene, np.random.default_rng([params.seed, index, 2]))
+        twin = twin_of(scene, np.random.default_rng([params.seed, index, 2]))
         records.append(scene_record(scene, params.seed, index, world.image_size))
         records.append(scene_record(twin, params.seed, index + 1, world.image_size, draw_key=index))
     return records
@@ -153,14 +146,16 @@ def generate(params: ToyBenchmarkParams, world: ToyWorldParams, download: Downlo
         return path
 
     retrieval = []
-    for record in tqdm(_retrieval_records(params, world), desc="toy benchmark: twin scenes", unit="img"):
+    twins = _pair_records(params, world, 0, params.num_images, twin_scene)
+    for record in tqdm(twins, desc="toy benchmark: twin scenes", unit="img"):
         short = record.alt_text if params.short_text == "alt_text" else first_sentence(record.long_description)
         retrieval.append({"image": save(record), "uid": record.uid, "scene": record.scene_json,
                           "long_caption": record.long_description, "short_caption": short})
 
+    layout_twins = _pair_records(params, world, LAYOUT_FIRST, params.num_layout_images, layout_twin_scene)
     layout = [{"image": save(record), "uid": record.uid, "scene": record.scene_json,
                "long_caption": record.long_description}
-              for record in tqdm(_layout_records(params, world), desc="toy benchmark: layout twins", unit="img")]
+              for record in tqdm(layout_twins, desc="toy benchmark: layout twins", unit="img")]
     short_scenes = [{"image": save(record), "uid": record.uid, "scene": record.scene_json,
                      "caption": record.long_description}
                     for record in tqdm(_short_scene_records(params, world), desc="toy benchmark: short scenes",
