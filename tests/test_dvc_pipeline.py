@@ -85,7 +85,8 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     assert _image_sizes(repo_copy / "data/raw") == {(64, 64)}
     assert _metrics(repo_copy, "train")["samples"] == 64
     evaluation = _metrics(repo_copy, "eval")
-    assert set(evaluation) == {"toy_long", "toy_long_cut77", "toy_short", "toy_zeroshot"}
+    assert set(evaluation) == {"toy_long", "toy_long_cut77", "toy_layout", "toy_short", "toy_short_scenes",
+                               "toy_zeroshot", "toy_zeroshot_colour", "toy_zeroshot_shape"}
     assert all(set(per_model) == {"base", "trained"} for per_model in evaluation.values())
     exported = _metrics(repo_copy, "export")
     assert all(exported[f]["max_abs_difference"] <= exported["atol"] for f in ("open_clip", "transformers"))
