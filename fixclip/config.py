@@ -2,7 +2,7 @@
 of params.yaml, defined once (torch-free, so that validating params stays fast).
 
 A strict pydantic model (unknown keys and mistyped values are errors naming the key); the checks that need the
-backbone (e.g. num_prompts must divide its patch count) run in ``check_fits`` when the model is built.
+backbone (e.g. prompt_grid must fit its patch grid) run in ``check_fits`` when the model is built.
 """
 from typing import Literal, Optional
 
@@ -39,19 +39,26 @@ class FixClipConfig(StrictConfig):
     mask_ratio: float = Field(0.75, ge=0.0, lt=1.0)
     mask_seed: int = 0  # per rank: mask_seed + rank; the generator's state is saved in checkpoints
 
-    # Regional prompts: M prompts from image layer l (1-based, paper notation); every layer l..L adds fresh
-    # parameters to the prompt outputs of the layer before (see regional_prompts.RegionalPrompts).
+    # Regional prompts: one prompt per image region of a rows x cols split (M = rows * cols), from image layer l
+    # (1-based, paper notation); every layer l..L adds fresh parameters to the prompt outputs of the layer before
+    # (see regional_prompts). A region is the 2-D block of patches whose centres fall in it: the toy world's 3 x 3
+    # cells, or 2 x 2 quadrants of ViT-B/16's 14 x 14 grid.
     regional_prompts: bool = True
-    num_prompts: int = Field(8, ge=1)
+    prompt_grid: list[int] = [3, 3]
     prompt_start_layer: int = Field(3, ge=1)
 
     # Hierarchical feature alignment: G groups of S = L / G layers, loss on groups K..G (1-based) weighted w_i.
+    # Each group's loss has its own learnable logit scale (initialised at CLIP's 1 / 0.07: its heads start random,
+    # and the main scale of a trained CLIP, ~100, would make their first losses huge), and for the first
+    # hfa_warmup_steps steps the heads learn alone: their loss does not reach the backbone.
     hfa: bool = True
     hfa_groups: int = Field(2, ge=1)
-    hfa_first_group: int = Field(1, ge=1)
-    hfa_weights: list[float] = [0.5, 0.5]
+    hfa_first_group: int = Field(2, ge=1)
+    hfa_weights: list[float] = [1.0]
     hfa_sigma: float = Field(1.0, gt=0.0)
     hfa_branch: Literal["long", "short"] = "long"  # long: long caption <-> raw image; short: short <-> masked
+    hfa_logit_scale_init: float = Field(14.29, gt=1.0)
+    hfa_warmup_steps: int = Field(50, ge=0)
 
     # Loss (Long-CLIP's label smoothing)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
@@ -65,14 +72,21 @@ class FixClipConfig(StrictConfig):
             raise ValueError(f"hfa_first_group: must lie in 1..{self.hfa_groups}")
         if self.hfa and self.hfa_branch == "short" and not self.dual_branch:
             raise ValueError("hfa_branch: 'short' needs dual_branch on")
+        if len(self.prompt_grid) != 2 or min(self.prompt_grid) < 1:
+            raise ValueError("prompt_grid: needs [rows, cols], each at least 1")
         return self
+
+    @property
+    def num_prompts(self) -> int:
+        """M: one prompt per region."""
+        return self.prompt_grid[0] * self.prompt_grid[1]
 
     @classmethod
     def plain(cls) -> "FixClipConfig":
         """All modules off and no label smoothing: the wrapped open_clip CLIP trained with ClipLoss."""
         return cls(stretch=False, dual_branch=False, regional_prompts=False, hfa=False, label_smoothing=0.0)
 
-    def check_fits(self, vision_layers: int, text_layers: int, num_patches: int, base_context: int) -> None:
+    def check_fits(self, vision_layers: int, text_layers: int, patch_grid: tuple[int, int], base_context: int) -> None:
         """Raise ValueError naming the offending key when the config does not fit the backbone."""
         def check(ok: bool, key: str, why: str):
             if not ok:
@@ -81,7 +95,9 @@ class FixClipConfig(StrictConfig):
         if self.stretch:
             check(self.stretch_keep < base_context - 1, "stretch_keep", f"must lie in (0, {base_context - 1})")
         if self.regional_prompts:
-            check(num_patches % self.num_prompts == 0, "num_prompts", f"must divide the {num_patches} patches")
+            rows, cols = patch_grid
+            check(self.prompt_grid[0] <= rows and self.prompt_grid[1] <= cols, "prompt_grid",
+                  f"more regions than the {rows} x {cols} patch grid has rows or columns")
             check(self.prompt_start_layer <= vision_layers, "prompt_start_layer", f"must lie in 1..{vision_layers}")
         if self.hfa:
             g = self.hfa_groups
@@ -99,8 +115,16 @@ class LongClipConfig(StrictConfig):
     """The ``train.longclip`` section. The stretch keys (keep, ratio, padding trim) are read from the ``fixclip``
     section, so all methods share one text tower set-up."""
 
-    pca_components: int = Field(32, ge=1)  # k; no reduction at all once k >= (per-rank batch) - 1
+    # k; null scales the paper's 32 of 512 embedding dimensions to the model's width (4 of the toy CLIP's 64).
+    # No reduction at all once k >= min(per-rank batch - 1, width).
+    pca_components: Optional[int] = Field(None, ge=1)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+
+    def components(self, embed_dim: int) -> int:
+        """k for an embedding of ``embed_dim`` dimensions."""
+        if self.pca_components is None:
+            return max(1, round(32 * embed_dim / 512))
+        return self.pca_components
 
 
 class HolisticConfig(StrictConfig):

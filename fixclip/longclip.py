@@ -12,7 +12,8 @@ Facts taken from the public code, github.com/beichenzbc/Long-CLIP (read, not cop
     centred matrix (in float32), projected onto the top-k right singular vectors and back, and the mean is added
     back; the result is not re-normalised.
   * model/model_longclip.py, ``CLIP.forward``: the PCA runs on the L2-normalised image features of the rank's own
-    batch, before ``torch.distributed.nn.all_gather``; k = 32; both terms use ``label_smoothing=0.1``.
+    batch, before ``torch.distributed.nn.all_gather``; k = 32 (of 512 dimensions); both terms use
+    ``label_smoothing=0.1``.
   * train/train.py: the two terms are summed with weight 1 (``loss = loss_long + loss_short``).
   * model/longclip.py, ``load_from_clip``: positions 0..19 copied and frozen, the rest interpolated 4x and trained
     (what ``text_stretch.StretchedPositions`` implements).
@@ -75,7 +76,8 @@ class LongClip(FixClip):
         the normalised image features reduced to the batch's top-k principal components (not re-normalised)."""
         out = super().forward(images, long_tokens)
         out["short_text_features"] = F.normalize(self.encode_text(short_tokens), dim=-1)
-        out["short_image_features"] = principal_components(out["image_features"], self.method_cfg.pca_components)
+        k = self.method_cfg.components(out["image_features"].shape[1])
+        out["short_image_features"] = principal_components(out["image_features"], k)
         return out
 
 

@@ -6,6 +6,9 @@ every term a symmetric InfoNCE with label smoothing (0.1 as in Long-CLIP):
 
     L_nce(I, T) = 1/2 [ CE_s(tau * I T^T, y) + CE_s(tau * T I^T, y) ],  y = diag, CE_s = smoothed cross-entropy.
 
+L_long and L_short use the model's logit scale tau; each L_mi its own learnable one
+(``FixClip.hfa_logit_scale``).
+
 Under torch.distributed the features of all ranks are gathered with gradients (open_clip's ``gather_features``), so
 every rank computes the loss of the global batch; averaging parameter gradients over ranks (DDP) then yields the
 gradient of that global loss.
@@ -57,9 +60,12 @@ class FixClipLoss(nn.Module):
         if short_image is not None:
             parts["short"] = self._nce(short_image, out["short_text_features"], scale)
             total = total + parts["short"]
-        for k, (weight, image, text) in enumerate(
-                zip(self.hfa_weights, out.get("hfa_image", ()), out.get("hfa_text", ())), self.hfa_first_group):
-            parts[f"hfa_{k}"] = self._nce(image, text, scale)
+        if self.hfa_weights:
+            hfa = zip(self.hfa_weights, out["hfa_image"], out["hfa_text"], out["hfa_logit_scale"], strict=True)
+        else:
+            hfa = ()
+        for k, (weight, image, text, hfa_scale) in enumerate(hfa, self.hfa_first_group):
+            parts[f"hfa_{k}"] = self._nce(image, text, hfa_scale)
             total = total + weight * parts[f"hfa_{k}"]
         parts["loss"] = total
         return parts

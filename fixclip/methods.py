@@ -1,11 +1,14 @@
 """The training methods, one param apart (``train.method``): a table from each method's name to its model class,
-its loss, its params section (``train.<name>``) and the shard members it reads as long captions. Adding a method is
+its loss, its params section (``train.<name>``) and how many long captions per image it reads. Adding a method is
 one entry here plus its module (and its name in ``TrainConfig.method``).
 
 method     model (fixclip/)            loss                  what a training sample needs
-fixclip    model.FixClip               loss.FixClipLoss      image, long caption, short caption
-longclip   longclip.LongClip           longclip.LongClipLoss image, long caption, short caption
+fixclip    model.FixClip               loss.FixClipLoss      image, a long caption, short caption
+longclip   longclip.LongClip           longclip.LongClipLoss image, a long caption, short caption
 holistic   holistic.HolisticClip       holistic.HolisticLoss image, K captions from K prompts
+
+FIX-CLIP and Long-CLIP read one long caption per sample: ``long.txt``, or with ``train.caption_pool`` K > 1 one of
+``long_0.txt .. long_{K-1}.txt`` drawn per sample and step (the control that gives them Holistic CLIP's captions).
 """
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,24 +22,32 @@ from .loss import FixClipLoss
 from .model import FixClip
 
 
-def one_long_caption(section: StrictConfig) -> tuple[str, ...]:
-    return ("long.txt",)
+def caption_keys(count: int) -> tuple[str, ...]:
+    """The shard members of ``count`` long captions per sample (the shard stage writes long_i.txt only for K > 1)."""
+    return ("long.txt",) if count == 1 else tuple(f"long_{i}.txt" for i in range(count))
 
 
-def holistic_long_captions(section: HolisticConfig) -> tuple[str, ...]:
-    return tuple(f"long_{i}.txt" for i in range(section.captions_per_image))
+def caption_pool(section: StrictConfig, pool: int) -> int:
+    return pool
+
+
+def holistic_captions(section: HolisticConfig, pool: int) -> int:
+    return section.captions_per_image
 
 
 @dataclass(frozen=True)
 class Method:
     """One method. Its model is built as ``model(clip, section, fixclip)`` (the peers read FIX-CLIP's stretch keys
     from ``fixclip``), except FIX-CLIP's own, whose section is ``fixclip``; its loss as
-    ``loss.from_config(section, rank, world_size)``."""
+    ``loss.from_config(section, rank, world_size)``. ``captions(section, caption_pool)`` is how many long captions
+    per sample it reads; ``draws_one`` whether it draws one of them per sample (else it reads them all)."""
 
     model: type[FixClip]
     loss: type[nn.Module]
     section: type[StrictConfig]
-    long_caption_keys: Callable[[StrictConfig], tuple[str, ...]] = one_long_caption
+    captions: Callable[[StrictConfig, int], int] = caption_pool
+    draws_one: bool = True
+    captions_key: str = "caption_pool"
 
     def build(self, clip: nn.Module, section: StrictConfig, fixclip: FixClipConfig) -> FixClip:
         if self.model is FixClip:
@@ -47,7 +58,8 @@ class Method:
 METHODS: dict[str, Method] = {
     "fixclip": Method(FixClip, FixClipLoss, FixClipConfig),
     "longclip": Method(LongClip, LongClipLoss, LongClipConfig),
-    "holistic": Method(HolisticClip, HolisticLoss, HolisticConfig, holistic_long_captions),
+    "holistic": Method(HolisticClip, HolisticLoss, HolisticConfig, holistic_captions, draws_one=False,
+                       captions_key="holistic.captions_per_image"),
 }
 
 

@@ -3,6 +3,7 @@
 The wrapped model's submodules are used as they are; the forward passes here only iterate its transformer blocks
 themselves, to insert the mask embedding and regional prompts and to collect per-layer CLS / EOT tokens.
 """
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -43,7 +44,7 @@ class FixClip(nn.Module):
         text_layers = len(tower.transformer.resblocks)
         self.num_patches = visual.grid_size[0] * visual.grid_size[1]
         base_context = tower.positional_embedding.shape[0]
-        cfg.check_fits(vision_layers, text_layers, self.num_patches, base_context)
+        cfg.check_fits(vision_layers, text_layers, tuple(visual.grid_size), base_context)
         if (cfg.regional_prompts or cfg.dual_branch) and not isinstance(visual.patch_dropout, nn.Identity):
             raise ValueError("fixclip: regional prompts and masking need the 1 + N token layout; "
                              "set the base model's patch_dropout to 0")
@@ -65,17 +66,30 @@ class FixClip(nn.Module):
         if cfg.regional_prompts:
             self.prompts = RegionalPrompts(vision_layers - cfg.prompt_start_layer + 1, cfg.num_prompts,
                                            visual.transformer.width)
-            self.register_buffer("prompt_attn_mask", regional_attention_mask(self.num_patches, cfg.num_prompts),
+            self.register_buffer("prompt_attn_mask", regional_attention_mask(tuple(visual.grid_size),
+                                                                             tuple(cfg.prompt_grid)),
                                  persistent=False)
 
         self.hfa_image: Optional[GroupAlignmentHead] = None
         self.hfa_text: Optional[GroupAlignmentHead] = None
+        self.hfa_logit_scale: Optional[nn.Parameter] = None
+        self.hfa_heads_only = False  # the heads' warm-up: the training loop sets it for the first steps
         if cfg.hfa:
             embed_dim = visual.output_dim
             self.hfa_image = GroupAlignmentHead(vision_layers, cfg.hfa_groups, cfg.hfa_first_group,
                                                 visual.transformer.width, embed_dim, cfg.hfa_sigma)
             self.hfa_text = GroupAlignmentHead(text_layers, cfg.hfa_groups, cfg.hfa_first_group,
                                                tower.transformer.width, embed_dim, cfg.hfa_sigma)
+            groups = cfg.hfa_groups - cfg.hfa_first_group + 1
+            self.hfa_logit_scale = nn.Parameter(torch.full((groups,), math.log(cfg.hfa_logit_scale_init)))
+
+    def new_parameters(self) -> List[nn.Parameter]:
+        """The parameters this method adds from scratch (mask token, regional prompts, HFA heads and their logit
+        scales): the optimizer gives them their own learning rate and no weight decay. The stretched text positions
+        are not new: they are the base table, interpolated."""
+        modules = (self.mask_embedding, self.prompts, self.hfa_image, self.hfa_text)
+        params = [p for m in modules if m is not None for p in m.parameters()]
+        return params + ([self.hfa_logit_scale] if self.hfa_logit_scale is not None else [])
 
     @classmethod
     def from_pretrained(cls, model: ModelRef, weights: Union[str, Path],
@@ -132,8 +146,11 @@ class FixClip(nn.Module):
             out["short_image_features"] = F.normalize(short_image, dim=-1)
             out["short_text_features"] = F.normalize(short_text, dim=-1)
         if cfg.hfa:
+            if self.hfa_heads_only:
+                layer_cls, layer_eot = [t.detach() for t in layer_cls], [t.detach() for t in layer_eot]
             out["hfa_image"] = [F.normalize(z, dim=-1) for z in self.hfa_image(layer_cls)]
             out["hfa_text"] = [F.normalize(z, dim=-1) for z in self.hfa_text(layer_eot)]
+            out["hfa_logit_scale"] = self.hfa_logit_scale.exp()
         return out
 
     # ---- image tower ------------------------------------------------------------------------------------------

@@ -4,24 +4,34 @@ Sequence layout inside an image layer that carries prompts: [CLS, patch_1..patch
 Mask rule (additive, 0 = may attend, -inf = may not):
   * CLS attends to every token;
   * a patch attends to CLS and to all patches (never to prompts, so patch features are those of plain CLIP);
-  * prompt j attends to itself and to its contiguous raster block of N / M patches,
-    patches j * N/M .. (j + 1) * N/M - 1.
+  * prompt j attends to itself and to the patches of its image region.
+The paper says each prompt attends to "its" patches without saying which; our choice: the image is split into a
+rows x cols grid of regions (prompt j is region j in raster order) and a patch belongs to the region that holds its
+centre. Regions are then 2-D blocks aligned with the image (the toy world's 3 x 3 cells over its 8 x 8 patches
+give blocks of 3, 2 and 3 patches per side), not strips of consecutive raster patches.
 """
 import torch
 from torch import nn
 
 
-def regional_attention_mask(num_patches: int, num_prompts: int) -> torch.Tensor:
+def patch_regions(patch_grid: tuple[int, int], prompt_grid: tuple[int, int]) -> torch.Tensor:
+    """Long [rows_p * cols_p]: the region (raster index in ``prompt_grid``) of every patch, by its centre."""
+    (height, width), (rows, cols) = patch_grid, prompt_grid
+    row = ((torch.arange(height) + 0.5) * rows / height).floor().long()
+    col = ((torch.arange(width) + 0.5) * cols / width).floor().long()
+    return (row[:, None] * cols + col[None, :]).flatten()
+
+
+def regional_attention_mask(patch_grid: tuple[int, int], prompt_grid: tuple[int, int]) -> torch.Tensor:
     """Float [1 + N + M, 1 + N + M] additive mask implementing the rule above (row = query, column = key)."""
-    n, m = num_patches, num_prompts
-    block = n // m
+    region = patch_regions(patch_grid, prompt_grid)
+    n, m = region.numel(), prompt_grid[0] * prompt_grid[1]
     size = 1 + n + m
     allowed = torch.zeros(size, size, dtype=torch.bool)
     allowed[0, :] = True
     allowed[1:1 + n, :1 + n] = True
     prompt_rows = torch.arange(m)
-    patch_block = (torch.arange(n) // block)
-    allowed[1 + n:, 1:1 + n] = prompt_rows[:, None] == patch_block[None, :]
+    allowed[1 + n:, 1:1 + n] = prompt_rows[:, None] == region[None, :]
     allowed[1 + n + prompt_rows, 1 + n + prompt_rows] = True
     mask = torch.zeros(size, size)
     return mask.masked_fill_(~allowed, float("-inf"))

@@ -19,7 +19,7 @@ METRICS = Path("metrics/train.json")
 
 
 def check_fits_base_model(params: TrainParams) -> None:
-    """The checks that need the base model's files (e.g. num_prompts must divide its patches), before any work."""
+    """The checks that need the base model's files (e.g. prompt_grid must fit its patch grid), before any work."""
     base = params.base_model
     for key, path in (("config", base.config), ("weights", base.weights)):
         if (key == "weights" or path.endswith(".json")) and not Path(path).is_file():

@@ -48,6 +48,9 @@ class TrainConfig(StrictConfig):
     fixclip: FixClipConfig = FixClipConfig()
     longclip: LongClipConfig = LongClipConfig()
     holistic: HolisticConfig = HolisticConfig()
+    # fixclip / longclip: each sample's long caption is drawn, per step, from its first K captions (long_0.txt ..;
+    # caption.captions_per_image >= K): the control that gives them Holistic CLIP's captions. 1: long.txt.
+    caption_pool: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: float | None = Field(3.0, gt=0)
@@ -57,6 +60,7 @@ class TrainConfig(StrictConfig):
     betas: list[float] = [0.9, 0.999]
     eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(20, ge=0)
+    new_params_lr_scale: float = Field(10.0, gt=0)  # lr multiplier of what the method adds from scratch (optim.adamw)
     logit_scale_init: float | None = Field(100.0, gt=1.0)
     logit_scale_max: float = Field(100.0, gt=1.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA
@@ -83,6 +87,9 @@ class TrainConfig(StrictConfig):
         if self.batch_size % max(1, self.num_workers):
             raise ValueError(f"batch_size: must be a multiple of num_workers ({self.num_workers}): each worker "
                              "delivers an equal chunk")
+        if self.method == "holistic" and self.caption_pool != 1:
+            raise ValueError("caption_pool: holistic reads all its captions (holistic.captions_per_image); "
+                             "leave caption_pool at 1")
         if self.logit_scale_init is not None and self.logit_scale_init > self.logit_scale_max:
             raise ValueError("logit_scale_init: exceeds logit_scale_max")
         return self

@@ -104,14 +104,16 @@ def _skip(count: int):
 
 
 class TrainStream(IterableDataset):
-    """Chunks of (images, long tokens, short tokens) for one rank; see the module docstring. With several
-    ``long_keys`` (one member per caption) the long tokens are [chunk, K, L]."""
+    """Chunks of (images, long tokens, short tokens) for one rank; see the module docstring. The long tokens are
+    [chunk, L] of one of the ``long_keys`` members per sample (drawn per sample, seeded by the stream and the chunk's
+    index, so a resumed or re-spread run draws the same) with ``draw_one``, else [chunk, K, L] of all of them."""
 
     def __init__(self, layout: StreamLayout, rank: int, chunk_size: int, image_transform: Callable,
                  context_length: int, seed: int, shuffle_buffer: int, start_chunk: int = 0,
-                 long_keys: tuple[str, ...] = ("long.txt",)):
+                 long_keys: tuple[str, ...] = ("long.txt",), draw_one: bool = True):
         super().__init__()
         self.long_keys = long_keys
+        self.draw_one = draw_one
         self.layout = layout
         self.rank = rank
         self.chunk_size = chunk_size
@@ -146,10 +148,11 @@ class TrainStream(IterableDataset):
         g = self.rank + self.layout.world_size * (worker.id if worker else 0)
         tokenize = long_tokenizer(self.context_length)
         samples = self._samples(g)
-        while True:
+        for chunk in itertools.count(self.start_chunk):
             images, *longs, shorts = zip(*itertools.islice(samples, self.chunk_size))
-            if len(longs) == 1:
-                long_tokens = tokenize(list(longs[0]))
+            if self.draw_one:
+                rng = random.Random(f"{self.seed}/{g}/{chunk}/caption")
+                long_tokens = tokenize([longs[rng.randrange(len(longs))][i] for i in range(len(images))])
             else:  # [K, c] captions -> [c, K, L] tokens
                 long_tokens = torch.stack([tokenize(list(caption)) for caption in longs], dim=1)
             yield torch.stack([self.image_transform(im) for im in images]), long_tokens, tokenize(list(shorts))

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..base_model import build_clip
 from ..checkpoint_formats import load_clip
-from ..methods import METHODS
+from ..methods import METHODS, caption_keys
 from ..model import FixClip
 from . import checkpoints as ckpt
 from . import distributed
@@ -32,19 +32,24 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Raise ValueError naming the key when the config does not fit the base model (e.g. num_prompts must divide
-    its patches) or the shards (e.g. fewer captions per sample than the method reads); builds the model on the
-    meta device only."""
+    """Raise ValueError naming the key when the config does not fit the base model (e.g. more prompt regions than
+    its patch grid has rows) or the shards (e.g. fewer captions per sample than the method reads); builds the model
+    on the meta device only."""
     with torch.device("meta"):
         try:
             clip = build_clip(cfg.base_model.config)
         except (ValueError, OSError) as exc:
             raise ValueError(f"base_model.config: {exc}") from None
         _method_model(cfg, clip)
-    shards = shard_list(cfg.shards) if cfg.method == "holistic" else []
+    method = METHODS[cfg.method]
+    keys = _caption_keys(cfg)
+    shards = shard_list(cfg.shards) if keys != caption_keys(1) else []
     if shards and Path(shards[0]).is_file():
-        check_members(shards[0], METHODS[cfg.method].long_caption_keys(cfg.method_section),
-                       "holistic.captions_per_image")
+        check_members(shards[0], keys, method.captions_key)
+
+
+def _caption_keys(cfg: TrainConfig) -> tuple[str, ...]:
+    return caption_keys(METHODS[cfg.method].captions(cfg.method_section, cfg.caption_pool))
 
 
 def _method_model(cfg: TrainConfig, clip: torch.nn.Module) -> FixClip:
@@ -91,7 +96,7 @@ class _Run:
             reset_logit_scale(model.logit_scale, cfg.logit_scale_init)
         model.mask_generator.manual_seed(cfg.fixclip.mask_seed + ranks.rank)
         self.model = model.to(ranks.device)
-        self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.new_params_lr_scale)
         self.loss = METHODS[cfg.method].loss.from_config(cfg.method_section, ranks.rank, ranks.world_size)
 
         shards = shard_list(cfg.shards)
@@ -149,7 +154,7 @@ class _Run:
                              open_clip.image_transform(visual.image_size, is_train=False),
                              self.model.context_length, cfg.seed, cfg.shuffle_buffer,
                              start_chunk=self.step * cfg.grad_accum,
-                             long_keys=METHODS[cfg.method].long_caption_keys(cfg.method_section))
+                             long_keys=_caption_keys(cfg), draw_one=METHODS[cfg.method].draws_one)
         return micro_batches(stream, cfg.num_workers, pin_memory=self.ranks.device.type == "cuda")
 
     def _micro_step(self, net, batch, sync: bool) -> dict | None:
@@ -186,6 +191,7 @@ class _Run:
             while self.step < self.total_steps:
                 lr = cosine_lr(self.step, cfg.lr, cfg.warmup_steps, self.total_steps)
                 set_lr(self.optimizer, lr)
+                self.model.hfa_heads_only = self.step < cfg.fixclip.hfa_warmup_steps
                 parts = []
                 for i in range(cfg.grad_accum):
                     batch = next(batches)
@@ -196,6 +202,8 @@ class _Run:
                 if len(parts) == cfg.grad_accum:
                     self.optimizer.step()
                     clamp_logit_scale(self.model.logit_scale, cfg.logit_scale_max)
+                    if self.model.hfa_logit_scale is not None:
+                        clamp_logit_scale(self.model.hfa_logit_scale, cfg.logit_scale_max)
                 else:
                     self._non_finite(self.step + 1)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -5,21 +5,28 @@ import torch
 from torch import nn
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: biases, norm gains, logit_scale and 1-D embeddings are not
-    decayed (open_clip_train's and Long-CLIP's rule).
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: float,
+          new_params_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW with weight decay on the base model's matrices only: biases, norm gains, logit_scale and 1-D embeddings
+    are not decayed (open_clip_train's and Long-CLIP's rule). The parameters the method adds from scratch
+    (``model.new_parameters()``: mask token, prompts, HFA heads) are not decayed either and run at
+    ``new_params_lr_scale`` times the learning rate: starting from zero or random values, they have further to go
+    than the pretrained weights around them.
 
     torch's fused kernel (CPU and CUDA): one pass over each tensor instead of the default per-tensor loop's
     several, ~6x faster on CPU (the 49408-row token embedding makes the step memory-bound). Same update, rounded
     differently: parameters differ from the loop's by float rounding (~1e-7 after tens of steps), except attention
     key biases, whose true gradient is 0 (softmax ignores them): Adam scales their rounding-noise gradient up to
     lr-sized steps under either kernel, and they change no output."""
-    decay, no_decay = [], []
+    new = {id(p) for p in model.new_parameters()} if hasattr(model, "new_parameters") else set()
+    decay, no_decay, added = [], [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps, fused=True)
+            (added if id(param) in new else decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+              {"params": added, "weight_decay": 0.0, "lr_scale": new_params_lr_scale}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -31,8 +38,9 @@ def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) ->
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at ``lr`` times its ``lr_scale``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 @torch.no_grad()

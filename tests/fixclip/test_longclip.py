@@ -43,6 +43,15 @@ def test_reduction_keeps_the_input_dtype():
     torch.testing.assert_close(reduced.float(), _svd_rebuild(x.float(), 3), atol=0.05, rtol=0.02)
 
 
+def test_auto_k_is_the_papers_share_of_the_embedding_width():
+    """k = 32 of 512 dimensions in the paper: 4 of the toy CLIP's 64, 48 of ViT-L/14's 768; an int is taken as is."""
+    assert [LongClipConfig().components(d) for d in (64, 512, 768)] == [4, 32, 48]
+    assert LongClipConfig(pca_components=7).components(512) == 7
+    model = LongClip(tiny_clip())
+    out = model(*batch(8))
+    torch.testing.assert_close(out["short_image_features"], principal_components(out["image_features"], 4))
+
+
 def test_stretch_keys_come_from_the_fixclip_section_and_the_stretch_is_always_on():
     model = LongClip(tiny_clip(), fixclip=FixClipConfig(stretch=False, stretch_keep=10, stretch_ratio=2))
     assert model.context_length == 10 + 2 * (77 - 10)

@@ -42,15 +42,17 @@ def test_total_is_weighted_hfa_plus_short_plus_long():
     feats = [_features(seed=s) for s in range(4)]
     out = {"image_features": feats[0][0], "text_features": feats[0][1], "logit_scale": torch.tensor(20.0),
            "short_image_features": feats[1][0], "short_text_features": feats[1][1],
-           "hfa_image": [feats[2][0], feats[3][0]], "hfa_text": [feats[2][1], feats[3][1]]}
+           "hfa_image": [feats[2][0], feats[3][0]], "hfa_text": [feats[2][1], feats[3][1]],
+           "hfa_logit_scale": torch.tensor([5.0, 7.0])}
     parts = FixClipLoss(label_smoothing=0.1, hfa_weights=(0.3, 0.7), hfa_first_group=2)(out)
     assert set(parts) == {"loss", "long", "short", "hfa_2", "hfa_3"}
-    nce = [info_nce(i, t, torch.tensor(20.0), 0.1) for i, t in feats]
+    scales = [20.0, 20.0, 5.0, 7.0]  # each HFA group at its own logit scale
+    nce = [info_nce(i, t, torch.tensor(scale), 0.1) for (i, t), scale in zip(feats, scales)]
     torch.testing.assert_close(parts["loss"], 0.3 * nce[2] + 0.7 * nce[3] + nce[1] + nce[0])
 
 
 def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: FixClipLoss):
-    out = {"logit_scale": torch.tensor(10.0), "hfa_image": [], "hfa_text": []}
+    out = {"logit_scale": torch.tensor(10.0), "hfa_logit_scale": torch.tensor([10.0])}
     feats = [F.normalize(f, dim=-1) for f in model(inputs).chunk(6, dim=-1)]
     out.update(image_features=feats[0], text_features=feats[1], short_image_features=feats[2],
                short_text_features=feats[3], hfa_image=[feats[4]], hfa_text=[feats[5]])

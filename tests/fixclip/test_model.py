@@ -45,9 +45,10 @@ def test_full_model_outputs():
     out = model(*batch(4))
     for key in ("image_features", "text_features", "short_image_features", "short_text_features"):
         assert out[key].shape == (4, 64) and torch.isfinite(out[key]).all()
-    assert len(out["hfa_image"]) == len(out["hfa_text"]) == 2
+    assert len(out["hfa_image"]) == len(out["hfa_text"]) == 1  # the deeper group only (hfa_first_group 2 of 2)
+    torch.testing.assert_close(out["hfa_logit_scale"], torch.tensor([14.29]))  # its own scale, not the main one
     parts = FixClipLoss.from_config(model.cfg)(out)
-    assert set(parts) == {"loss", "long", "short", "hfa_1", "hfa_2"}
+    assert set(parts) == {"loss", "long", "short", "hfa_2"}
 
 
 def _new_parameter_names(model: FixClip):
@@ -62,6 +63,8 @@ def test_gradients_reach_every_new_parameter_and_not_the_frozen_positions():
     assert {"text_positions.stretched", "mask_embedding.embedding", "prompts.tokens"} <= set(new)
     assert any(n.startswith("hfa_image.") for n in new) and any(n.startswith("hfa_text.") for n in new)
     assert "clip.positional_embedding" not in dict(model.named_parameters())
+    params = dict(model.named_parameters())
+    assert {id(p) for p in model.new_parameters()} == {id(params[n]) for n in new if n != "text_positions.stretched"}
     assert not model.text_positions.kept.requires_grad
     before = model.text_positions(248).detach().clone()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.2)
@@ -81,6 +84,24 @@ def test_gradients_reach_every_new_parameter_and_not_the_frozen_positions():
     assert not torch.equal(after[20:], before[20:])
 
 
+def test_hfa_heads_warm_up_alone():
+    """While hfa_heads_only is set, the HFA loss trains its heads and logit scale but sends nothing to the backbone;
+    afterwards it reaches the backbone too."""
+    torch.manual_seed(0)
+    model = FixClip(tiny_clip(), FixClipConfig().with_(dual_branch=False, regional_prompts=False))
+    grads = {}
+    for heads_only in (True, False):
+        model.hfa_heads_only = heads_only
+        model.zero_grad()
+        FixClipLoss.from_config(model.cfg)(model(*batch(4)))["hfa_2"].backward()
+        grads[heads_only] = {n: p.grad for n, p in model.named_parameters()}
+    backbone = [n for n in grads[True] if n.startswith("clip.") and "resblocks" in n]
+    assert backbone and all(grads[True][n] is None for n in backbone)
+    assert all(grads[False][n] is not None for n in backbone if "resblocks.3." in n)
+    for n in ("hfa_image.projections.0.0.weight", "hfa_text.projections.0.0.weight", "hfa_logit_scale"):
+        assert grads[True][n].abs().sum() > 0, n
+
+
 def test_hfa_branch_short_uses_masked_image_and_short_text():
     torch.manual_seed(0)
     model = FixClip(tiny_clip(), FixClipConfig().with_(hfa_branch="short"))
@@ -98,9 +119,9 @@ def test_hfa_branch_short_uses_masked_image_and_short_text():
 
 def test_bad_config_names_the_key():
     with pytest.raises(ValueError, match="fixclip.hfa_groups"):
-        FixClip(tiny_clip(), FixClipConfig().with_(hfa_groups=3, hfa_weights=[1.0, 1.0, 1.0]))
-    with pytest.raises(ValueError, match="hfa_weights: needs one weight per group 1..2"):
-        FixClipConfig().with_(hfa_weights=[1.0])
+        FixClip(tiny_clip(), FixClipConfig().with_(hfa_groups=3, hfa_weights=[1.0, 1.0]))
+    with pytest.raises(ValueError, match="hfa_weights: needs one weight per group 2..2"):
+        FixClipConfig().with_(hfa_weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="fixclip.prompt_start_layer"):
         FixClip(tiny_clip(), FixClipConfig().with_(prompt_start_layer=5))
 

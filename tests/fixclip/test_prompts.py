@@ -4,35 +4,55 @@ import torch.nn.functional as F
 
 from fixclip.config import FixClipConfig
 from fixclip.model import FixClip
-from fixclip.regional_prompts import regional_attention_mask
+from fixclip.regional_prompts import patch_regions, regional_attention_mask
 from tests.fixclip.helpers import batch, tiny_clip
 
 
-def _allowed_by_rule(query: int, key: int, n: int, m: int) -> bool:
-    """DESIGN.md, enumerated token by token: index 0 CLS, 1..n patches, n+1..n+m prompts."""
+def _allowed_by_rule(query: int, key: int, grid: tuple[int, int], regions: tuple[int, int]) -> bool:
+    """DESIGN.md, enumerated token by token: index 0 CLS, 1..n patches (raster order), n+1..n+m prompts; prompt j
+    sees the patches whose centre lies in region j (raster order) of the image split into rows x cols."""
+    (h, w), (rows, cols) = grid, regions
+    n = h * w
+
     def kind(i):
         return "cls" if i == 0 else ("patch" if i <= n else "prompt")
     if kind(query) == "cls":
         return True
     if kind(query) == "patch":
         return kind(key) in ("cls", "patch")
-    j = query - n - 1  # prompt index
     if kind(key) == "prompt":
         return key == query
     if kind(key) == "patch":
-        patch = key - 1
-        return j * (n // m) <= patch < (j + 1) * (n // m)
+        y, x = divmod(key - 1, w)
+        centre_y, centre_x = (y + 0.5) / h, (x + 0.5) / w  # as fractions of the image
+        region_row, region_col = divmod(query - n - 1, cols)
+        return (region_row / rows <= centre_y < (region_row + 1) / rows
+                and region_col / cols <= centre_x < (region_col + 1) / cols)
     return False
 
 
-@pytest.mark.parametrize("n,m", [(4, 1), (4, 2), (4, 4), (6, 3), (8, 2), (12, 4), (16, 8)])
-def test_attention_mask_matches_rule_by_enumeration(n, m):
-    mask = regional_attention_mask(n, m)
+@pytest.mark.parametrize("grid, regions", [((2, 2), (1, 1)), ((2, 2), (2, 2)), ((4, 4), (2, 2)), ((8, 8), (3, 3)),
+                                           ((3, 6), (3, 2)), ((14, 14), (2, 2)), ((5, 7), (2, 3))])
+def test_attention_mask_matches_rule_by_enumeration(grid, regions):
+    n, m = grid[0] * grid[1], regions[0] * regions[1]
+    mask = regional_attention_mask(grid, regions)
     assert mask.shape == (1 + n + m, 1 + n + m)
     for q in range(1 + n + m):
         for k in range(1 + n + m):
-            expected = 0.0 if _allowed_by_rule(q, k, n, m) else float("-inf")
+            expected = 0.0 if _allowed_by_rule(q, k, grid, regions) else float("-inf")
             assert mask[q, k].item() == expected, (q, k)
+
+
+def test_toy_regions_are_the_scene_cells():
+    """The toy world's 3 x 3 cells over its 8 x 8 patches of 8 px: every patch in exactly one region, regions of
+    3, 2 and 3 patches per side, each patch's region the cell holding its centre pixel."""
+    region = patch_regions((8, 8), (3, 3)).view(8, 8)
+    cell = 64 / 3
+    for y in range(8):
+        for x in range(8):
+            centre = (8 * y + 4, 8 * x + 4)
+            assert region[y, x] == int(centre[0] // cell) * 3 + int(centre[1] // cell)
+    assert torch.bincount(region.flatten()).tolist() == [9, 6, 9, 6, 4, 6, 9, 6, 9]
 
 
 def _train_image_features(model: FixClip, images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +62,7 @@ def _train_image_features(model: FixClip, images: torch.Tensor) -> torch.Tensor:
 
 
 def _prompt_model(start_layer=3, seed=0):
-    cfg = FixClipConfig.plain().with_(regional_prompts=True, num_prompts=8, prompt_start_layer=start_layer)
+    cfg = FixClipConfig.plain().with_(regional_prompts=True, prompt_grid=[2, 4], prompt_start_layer=start_layer)
     torch.manual_seed(seed)
     return FixClip(tiny_clip(), cfg).eval()
 
@@ -87,9 +107,9 @@ def test_zero_prompts_receive_gradient():
     assert torch.isfinite(grad).all() and grad.abs().sum(dim=(1, 2)).min() > 0  # every layer's prompts
 
 
-def test_prompt_count_must_divide_patches():
-    with pytest.raises(ValueError, match="fixclip.num_prompts"):
-        FixClip(tiny_clip(), FixClipConfig.plain().with_(regional_prompts=True, num_prompts=5))
+def test_prompt_grid_must_fit_the_patch_grid():
+    with pytest.raises(ValueError, match="fixclip.prompt_grid: more regions than the 8 x 8 patch grid"):
+        FixClip(tiny_clip(), FixClipConfig.plain().with_(regional_prompts=True, prompt_grid=[3, 9]))
 
 
 def test_prompt_region_rows_reach_the_output():

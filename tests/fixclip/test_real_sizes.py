@@ -20,6 +20,7 @@ from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.loss import FixClipLoss
 from fixclip.model import FixClip
+from fixclip.regional_prompts import regional_attention_mask
 from fixclip.train.optim import adamw
 from tests.conftest import REPO
 
@@ -35,8 +36,10 @@ def test_the_paper_profile_modules_fit_the_real_backbone(name, patches, vision_l
         model = FixClip(build_clip(name), cfg)
     assert model.num_patches == patches and model.context_length == 248
     assert len(model.clip.visual.transformer.resblocks) == vision_layers
-    with torch.device("meta"), pytest.raises(ValueError, match="num_prompts"):
-        FixClip(build_clip(name), cfg.model_copy(update={"num_prompts": 3}))  # 3 divides neither 196 nor 256
+    quadrants = regional_attention_mask(tuple(model.clip.visual.grid_size), tuple(cfg.prompt_grid))
+    assert quadrants[1 + patches:, 1:1 + patches].isfinite().sum(dim=1).tolist() == [patches // 4] * 4
+    with torch.device("meta"), pytest.raises(ValueError, match="prompt_grid"):
+        FixClip(build_clip(name), cfg.model_copy(update={"prompt_grid": [17, 2]}))  # more rows than 14 or 16
 
 
 def vit_b16_with_2_layers() -> dict:
@@ -47,7 +50,8 @@ def vit_b16_with_2_layers() -> dict:
 
 def test_vit_b16_trains_with_every_module_and_exports_what_it_embeds(tmp_path):
     config = vit_b16_with_2_layers()
-    cfg = FixClipConfig(num_prompts=4, prompt_start_layer=2, hfa_groups=2, hfa_first_group=1, hfa_weights=[0.5, 0.5])
+    cfg = FixClipConfig(prompt_grid=[2, 2], prompt_start_layer=2, hfa_groups=2, hfa_first_group=1,
+                        hfa_weights=[0.5, 0.5])
     model = FixClip(build_clip(config, seed=0), cfg).train()
     loss_fn, optimizer = FixClipLoss.from_config(cfg), adamw(model, 1e-4, 0.1, (0.9, 0.98), 1e-6)
     images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -1,11 +1,15 @@
-"""The training optimizer (torch's fused AdamW) and the per-step timer behind the curves' samples/s."""
+"""The training optimizer (torch's fused AdamW; new parameters at their own rate) and the per-step timer behind
+the curves' samples/s."""
 import time
 
 import torch
 from torch import nn
 
+from fixclip.config import FixClipConfig
+from fixclip.model import FixClip
 from fixclip.train.log import StepTimer
-from fixclip.train.optim import adamw
+from fixclip.train.optim import adamw, set_lr
+from tests.fixclip.helpers import tiny_clip
 
 
 def _model() -> nn.Module:
@@ -54,3 +58,18 @@ def test_step_timer_counts_all_the_time_between_steps():
     second = timer.lap()
     assert first >= 0.02
     assert first + second <= time.perf_counter() - start
+
+
+def test_new_parameters_get_the_lr_scale_and_no_weight_decay():
+    """What the method adds from scratch runs at new_params_lr_scale x lr, undecayed; set_lr keeps the ratio."""
+    model = FixClip(tiny_clip(), FixClipConfig())
+    optim = adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, new_params_lr_scale=10.0)
+    set_lr(optim, 2e-4)
+    new = {id(p) for p in model.new_parameters()}
+    assert new and sum(p.numel() for p in model.new_parameters()) < sum(p.numel() for p in model.parameters()) / 10
+    for group in optim.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & new:
+            assert ids == new and group["weight_decay"] == 0.0 and group["lr"] == 2e-3
+        else:
+            assert group["lr"] == 2e-4

@@ -1,4 +1,4 @@
-"""The `train:` section: validated before any work, errors name the key (train.fixclip.num_prompts, ...)."""
+"""The `train:` section: validated before any work, errors name the key (train.fixclip.prompt_grid, ...)."""
 import re
 
 import pytest
@@ -18,10 +18,14 @@ def _error(train: dict) -> str:
 
 
 @pytest.mark.parametrize("train, message", [
-    ({"fixclip": {"num_prompts": 0}}, "train.fixclip.num_prompts: "),
+    ({"fixclip": {"prompt_grid": [0, 3]}}, "train.fixclip.prompt_grid: needs [rows, cols], each at least 1"),
+    ({"fixclip": {"prompt_grid": [3]}}, "train.fixclip.prompt_grid: needs [rows, cols]"),
     ({"fixclip": {"regional_prompt": False}}, "train.fixclip.regional_prompt: unknown key"),
     ({"fixclip": {"regional_prompts": "no"}}, "train.fixclip.regional_prompts: expected bool, got 'no'"),
-    ({"fixclip": {"hfa_weights": [1.0]}}, "train.fixclip.hfa_weights: needs one weight per group 1..2, got 1"),
+    ({"fixclip": {"hfa_weights": [1.0, 1.0]}}, "train.fixclip.hfa_weights: needs one weight per group 2..2, got 2"),
+    ({"method": "longclip", "longclip": {"pca_components": "all"}}, "train.longclip.pca_components: "),
+    ({"method": "holistic", "caption_pool": 3}, "train.caption_pool: holistic reads all its captions"),
+    ({"new_params_lr_scale": 0}, "train.new_params_lr_scale: "),
     ({"method": "clip"}, "train.method: "),
     ({"method": "longclip", "fixclip": {"hfa": False}}, "train.fixclip.hfa: set, but train.method is 'longclip'"),
     ({"holistic": {"num_branches": 2}}, "train.holistic.num_branches: set, but train.method is 'fixclip'"),
@@ -47,10 +51,10 @@ def test_each_method_runs_on_the_other_sections_defaults(method):
 
 
 def test_model_dependent_checks_name_the_key(monkeypatch):
-    """num_prompts must divide the base model's 64 patches: known only with the model, still before any work."""
+    """prompt_grid must fit the base model's 8 x 8 patches: known only with the model, still before any work."""
     monkeypatch.chdir(REPO)
-    params = TrainParams.model_validate({"fixclip": {"num_prompts": 7}})
-    with pytest.raises(ParamsError, match=r"train\.fixclip\.num_prompts: must divide the 64 patches"):
+    params = TrainParams.model_validate({"fixclip": {"prompt_grid": [9, 3]}})
+    with pytest.raises(ParamsError, match=r"train\.fixclip\.prompt_grid: more regions than the 8 x 8 patch grid"):
         check_fits_base_model(params)
     missing = TrainParams.model_validate({"base_model": {"weights": "nowhere.pt"}})
     with pytest.raises(ParamsError, match=r"train\.base_model\.weights: file not found"):
@@ -68,6 +72,6 @@ def test_the_yaml_section_is_the_library_config(monkeypatch):
     cfg = parse_params({"train": section}).train
     assert type(cfg) is TrainConfig
     assert cfg.fixclip.regional_prompts is False and cfg.fixclip.hfa_weights == [1.0]
-    assert cfg.epochs == 2.0 and cfg.betas == [0.9, 0.98] and cfg.fixclip.num_prompts == 8
+    assert cfg.epochs == 2.0 and cfg.betas == [0.9, 0.98] and cfg.fixclip.prompt_grid == [3, 3]
     check_fits_base_model(cfg)
 
