@@ -28,35 +28,46 @@ report:
 plots:
 	python -m pipeline.plots
 
-# The ablation table (docs/evaluation.md): each row is one `dvc exp run` (train + evaluate rerun, the data is
-# cached). Every run sets all switches and the seed, so rows do not inherit each other's params; the last run
-# restores the default.
-# Arguments: name, seed, modules switched on, long text (caption | ground_truth: the captioner-free control).
+# The ablation table (docs/evaluation.md): each row is one `dvc exp run` per seed, named <row>-s<seed> (train and
+# evaluate rerun, the data is cached); `python -m pipeline.experiments` then gives each row's mean and spread over the
+# seeds. Every run sets all switches and the seed, so runs do not inherit each other's params; the last run (seed 0
+# of the full model) restores the default.
+# Arguments: row, seed, modules switched on, long text (caption | ground_truth: the captioner-free control).
+SEEDS = 0 1 2
 MODULES = train.fixclip.dual_branch train.fixclip.regional_prompts train.fixclip.hfa
 define exp
-	dvc exp run -n $(1) -S train.seed=$(2) -S shard.long_text=$(4) \
+	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.long_text=$(4) \
 		$(foreach m,$(MODULES),-S $(m)=$(if $(filter $(m),$(3)),true,false))
+
 endef
 ablation: repro
-	$(call exp,stretch-only-s1,1,,caption)
-	$(call exp,stretch-only-s2,2,,caption)
-	$(call exp,stretch-only,0,,caption)
-	$(call exp,dual-branch,0,train.fixclip.dual_branch,caption)
-	$(call exp,regional-prompts,0,train.fixclip.dual_branch train.fixclip.regional_prompts,caption)
-	$(call exp,full-s1,1,$(MODULES),caption)
-	$(call exp,full-s2,2,$(MODULES),caption)
-	$(call exp,oracle-ground-truth,0,$(MODULES),ground_truth)
-	$(call exp,full,0,$(MODULES),caption)
-	dvc exp show --md --only-changed --drop 'Created|State|Executor' --keep 'toy_long|toy_short|toy_zeroshot'
+	$(foreach s,$(SEEDS),$(call exp,stretch-only,$(s),,caption))
+	$(foreach s,$(SEEDS),$(call exp,dual-branch,$(s),train.fixclip.dual_branch,caption))
+	$(foreach s,$(SEEDS),$(call exp,regional-prompts,$(s),train.fixclip.regional_prompts,caption))
+	$(foreach s,$(SEEDS),$(call exp,hfa,$(s),train.fixclip.hfa,caption))
+	$(foreach s,$(SEEDS),$(call exp,oracle-ground-truth,$(s),$(MODULES),ground_truth))
+	$(foreach s,1 2 0,$(call exp,full,$(s),$(MODULES),caption))
+	python -m pipeline.experiments --rows stretch-only dual-branch regional-prompts hfa full oracle-ground-truth
 
-# The methods table (docs/evaluation.md): the three train.method values on the same data, scored by the same
-# evaluation. Holistic CLIP needs 3 captions per image (the caption stage reruns); the last run restores the default
-# (1 caption, fixclip).
+# The methods table (docs/evaluation.md): the three train.method values on the same data and evaluation, 3 seeds
+# each, and the caption control: Holistic CLIP reads 3 captions per image, so FIX-CLIP and Long-CLIP also run on the
+# same 3 (train.caption_pool: one drawn per sample and step) and Holistic CLIP on 1. The caption stage reruns for 3
+# captions; the last run restores the default (1 caption, fixclip, seed 0).
+# Arguments: row, seed, train.method, caption.captions_per_image, train.caption_pool, train.holistic.captions_per_image.
+define method
+	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S train.method=$(3) -S caption.captions_per_image=$(4) \
+		-S train.caption_pool=$(5) -S train.holistic.captions_per_image=$(6) $(foreach m,$(MODULES),-S $(m)=true)
+
+endef
 methods: repro
-	dvc exp run -n longclip -S train.method=longclip
-	dvc exp run -n holistic -S train.method=holistic -S caption.captions_per_image=3
-	dvc exp run -n fixclip -S train.method=fixclip -S caption.captions_per_image=1
-	dvc exp show --md --drop '.*' --keep 'Experiment|train.method|.*trained\.(i2t|t2i)_R@1$$|.*trained\.top1$$'
+	$(foreach s,$(SEEDS),$(call method,longclip,$(s),longclip,1,1,3))
+	$(foreach s,$(SEEDS),$(call method,holistic-1-caption,$(s),holistic,1,1,1))
+	$(foreach s,$(SEEDS),$(call method,holistic,$(s),holistic,3,1,3))
+	$(foreach s,$(SEEDS),$(call method,longclip-3-captions,$(s),longclip,3,3,3))
+	$(foreach s,$(SEEDS),$(call method,fixclip-3-captions,$(s),fixclip,3,3,3))
+	$(foreach s,1 2 0,$(call method,fixclip,$(s),fixclip,1,1,3))
+	python -m pipeline.experiments --rows fixclip longclip holistic-1-caption holistic fixclip-3-captions \
+		longclip-3-captions
 
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: envs
