@@ -3,7 +3,8 @@
 Starts `caption.num_servers` vLLM servers (or uses `caption.endpoints`; with `caption.distributor: ray`, each of
 `caption.ray.workers` Ray workers starts its own), writes `caption.captions_per_image` captions per image from as
 many distinct `caption.prompts` (chosen by the image key), filters the captions, and resumes shard by shard after a
-crash.
+crash. Before any server starts, a request for an image of `download.image_size` must fit
+`caption.server.max_model_len`.
 """
 from pathlib import Path
 
@@ -17,8 +18,11 @@ SERVER_LOGS = Path("logs/caption")
 
 
 def main() -> None:
-    params = load_params().caption
-    metrics = caption_run.run(params, RAW, CAPTIONS, METRICS, SERVER_LOGS)
+    params = load_params()
+    download = params.download
+    # The square side download writes (border, center_crop; keep_ratio*: the shorter/longer side); `no`: none.
+    image_size = None if download.resize_mode == "no" else download.image_size
+    metrics = caption_run.run(params.caption, RAW, CAPTIONS, METRICS, SERVER_LOGS, image_size)
     print(f"caption: {metrics['ok']}/{metrics['captions']} captions kept ({metrics['captions_per_image']} per "
           f"image), {metrics['images_per_s']} images/s")
 

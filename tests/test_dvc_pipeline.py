@@ -4,12 +4,15 @@ import json
 import os
 import tarfile
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
 
+from pipeline.caption.filters import STATUSES
 from tests.conftest import REPO, file_digests, run
 from tests.stage_imports import imported_files, stage_module, stages
+from tests.vllm_fixtures import tiny_captioners  # noqa: F401
 
 pytestmark = pytest.mark.slow
 VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
@@ -57,6 +60,22 @@ def _metrics(root, stage):
     return json.loads((root / "metrics" / f"{stage}.json").read_text())
 
 
+def _assert_captioned_by(root, model, served_name, fingerprints: list[str]) -> None:
+    """Every image has a counted status, caption.json and each caption row name the model, and the resume
+    fingerprint differs from every earlier captioner's (appended to `fingerprints`)."""
+    caption = _metrics(root, "caption")
+    assert caption["model"] == str(model) and caption["served_model_name"] == served_name
+    assert caption["images"] == _metrics(root, "shard")["raw_images"] == _metrics(root, "download")["success"]
+    assert caption["captions"] == caption["images"] * caption["captions_per_image"] == sum(
+        caption[status] for status in STATUSES) and caption["ok"] > 0
+    models = {m for path in (root / "data/captions").glob("*.parquet")
+              for m in pq.read_table(path, columns=["model"]).column("model").to_pylist()}
+    assert models == {str(model)}
+    fingerprint = (root / "data/captions/_fingerprint.json").read_text()
+    assert fingerprint not in fingerprints
+    fingerprints.append(fingerprint)
+
+
 def _processes_in(root) -> list[int]:
     """Processes whose working folder is inside `root` (a leftover vLLM server would be one)."""
     found = []
@@ -70,8 +89,8 @@ def _processes_in(root) -> list[int]:
 
 
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM environment (make envs)")
-@pytest.mark.timeout(2400)  # ten pipeline runs on 40 images (~10 min on 2 idle cores); the suite's default is 900 s
-def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
+@pytest.mark.timeout(3600)  # eleven pipeline runs on 40 images (37 min on 2 busy cores); the suite's default is 900 s
+def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners):  # noqa: F811
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
     assert _ran(first.stdout) == {"source", "download", "caption", "shard", "train", "evaluate", "export"}
@@ -114,17 +133,38 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy):
     run(["dvc", "repro", "-f", "-s", "shard"], repo_copy)
     assert file_digests(repo_copy / "data/shards") == shards  # byte-identical rewrite
 
-    def rerun(change):
-        return _ran(run(["dvc", "exp", "run", "-S", change], repo_copy).stdout)
+    def exp_run(*changes, check=True):
+        return run(["dvc", "exp", "run", *(arg for change in changes for arg in ("-S", change))], repo_copy,
+                   check=check)
+
+    def rerun(*changes):
+        return _ran(exp_run(*changes).stdout)
 
     assert rerun("evaluate.batch_size=8") == {"evaluate"}
     assert rerun("export.atol=0.0001") == {"export"}
     assert rerun("train.fixclip.regional_prompts=false") == {"train", "evaluate", "export"}
     assert rerun("shard.short_text=first_sentence") == {"shard", "train", "evaluate", "export"}
-    # other samples: new text
-    assert rerun("caption.sampling.seed=1") == {"caption", "shard", "train", "evaluate", "export"}
+
+    # Swap the captioner to the paper's family (LLaVA-NeXT: ~1,200 image tokens per 64 px image through its tiling).
+    # At the default max_model_len it is refused before any server starts; with room it reruns caption and what
+    # depends on it. Random weights rarely stop: keep the captions cut at max_tokens.
+    fingerprints = [(repo_copy / "data/captions/_fingerprint.json").read_text()]
+    llava_next = (f"caption.model={tiny_captioners['llava_next']}", "caption.served_model_name=tiny-llava-next")
+    refused = exp_run(*llava_next, check=False)
+    assert refused.returncode != 0 and "error: caption.server.max_model_len: 512 is too small for caption.model" in (
+        refused.stdout + refused.stderr)
+    assert not _processes_in(repo_copy)
+    swapped = exp_run(*llava_next, "caption.server.max_model_len=2048", "caption.sampling.max_tokens=48",
+                      "caption.filters.keep_truncated=true")
+    assert _ran(swapped.stdout) == {"caption", "shard", "train", "evaluate", "export"}
+    assert "<= caption.server.max_model_len 2048" in swapped.stdout
+    _assert_captioned_by(repo_copy, tiny_captioners["llava_next"], "tiny-llava-next", fingerprints)
     assert rerun("download.image_size=48") == {"download", "caption", "shard", "train", "evaluate", "export"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
+    # Qwen2-VL (dynamic resolution: a few image tokens) runs with the default max_model_len.
+    assert rerun(f"caption.model={tiny_captioners['qwen2_vl']}", "caption.served_model_name=tiny-qwen2-vl",
+                 "caption.server.max_model_len=512") == {"caption", "shard", "train", "evaluate", "export"}
+    _assert_captioned_by(repo_copy, tiny_captioners["qwen2_vl"], "tiny-qwen2-vl", fingerprints)
 
     # The other two methods end to end (holistic reads 3 captions per image from 3 prompts). FIX-CLIP's switch set
     # above is refused by another method, so it goes back to its default.

@@ -1,7 +1,9 @@
-"""Session fixtures for the caption tests: one real vLLM server on the tiny LLaVA, and img2dataset raw shards.
+"""Session fixtures for the caption tests: one real vLLM server on the tiny LLaVA, img2dataset raw shards, and the
+tiny LLaVA-NeXT and Qwen2-VL of assets/tiny_captioners (built in seconds, not committed).
 
 Import the fixtures explicitly into a test module: `from tests.vllm_fixtures import vllm_server  # noqa: F401`.
 """
+import importlib.util
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ from pipeline.caption.fleet import VllmFleet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LLAVA = REPO / "assets" / "tiny_llava" / "model"
+TINY_CAPTIONERS_BUILD = REPO / "assets" / "tiny_captioners" / "build.py"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 RAW_SHARDS = 4
 IMAGES_PER_SHARD = 8
@@ -123,3 +126,14 @@ def vllm_fleet(tmp_path_factory):
 def vllm_server(vllm_fleet) -> str:
     """Base URL of the session's vLLM server."""
     return vllm_fleet.servers[0].url
+
+
+@pytest.fixture(scope="session")
+def tiny_captioners(tmp_path_factory) -> dict[str, Path]:
+    """name -> folder of each tiny captioner of assets/tiny_captioners/build.py (llava_next, qwen2_vl), random
+    weights in the Hugging Face hub layout."""
+    spec = importlib.util.spec_from_file_location("tiny_captioners_build", TINY_CAPTIONERS_BUILD)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    root = tmp_path_factory.mktemp("tiny_captioners")
+    return {name: Path(summary["out"]) for name, summary in build.build_all(root).items()}

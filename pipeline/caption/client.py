@@ -4,8 +4,9 @@
 `captions_per_image` captions of an image is its own request in that queue. The prompt and the sampling seed of a
 caption are functions of the image key and the caption's index, so a rerun asks exactly the same question.
 Transient errors (connection, timeout, 429, 5xx) are retried with exponential backoff; when retries run out the
-whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). Other HTTP errors fail
-that caption only.
+whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). A request refused as longer
+than the server's context stops the run too (`ContextLengthError`, naming `caption.server.max_model_len`): every
+image would fail alike. Other HTTP errors fail that caption only.
 """
 import asyncio
 import base64
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 from tqdm import tqdm
 
+from pipeline.caption.context import MAX_MODEL_LEN_KEY, ContextLengthError, is_context_error
 from pipeline.caption.filters import CaptionFilter
 from pipeline.params.caption import CaptionParams
 
@@ -137,7 +139,13 @@ class CaptionClient:
                         last_error = f"HTTP {response.status}: {(await response.text())[:300]}"
                         continue
                     if response.status != 200:
-                        raise PermanentRequestError(f"HTTP {response.status}: {(await response.text())[:300]}")
+                        text = (await response.text())[:300]
+                        if is_context_error(response.status, text):  # every request would fail alike: stop now
+                            raise ContextLengthError(
+                                f"{MAX_MODEL_LEN_KEY}: the server refused a request as longer than its context "
+                                f"(HTTP 400: {' '.join(text.split())}); image tokens + prompt + "
+                                f"caption.sampling.max_tokens must fit")
+                        raise PermanentRequestError(f"HTTP {response.status}: {text}")
                     payload = await response.json()
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as err:
                 last_error = f"{type(err).__name__}: {err}"
@@ -209,7 +217,7 @@ async def caption_stream(
                 group.create_task(feed())
                 for url in workers:
                     group.create_task(worker(url))
-        except* CaptionServiceError as errors:
+        except* (CaptionServiceError, ContextLengthError) as errors:
             raise errors.exceptions[0] from None
         finally:
             bar.close()

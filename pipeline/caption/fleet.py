@@ -85,6 +85,12 @@ def server_command(params: CaptionParams, python: str, model: str, port: int) ->
         cmd += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
     if opts.enforce_eager:
         cmd.append("--enforce-eager")
+    if opts.enable_chunked_prefill is not None:  # False on CPU: see ServerOptions.enable_chunked_prefill
+        cmd.append("--enable-chunked-prefill" if opts.enable_chunked_prefill else "--no-enable-chunked-prefill")
+    if opts.chat_template:
+        cmd += ["--chat-template", str(Path(opts.chat_template).absolute())]
+    if opts.mm_processor_kwargs:
+        cmd += ["--mm-processor-kwargs", json.dumps(opts.mm_processor_kwargs)]
     return cmd + list(opts.extra_args)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.caption.client import CaptionResult, caption_stream
+from pipeline.caption.context import check_context
 from pipeline.caption.filters import STATUSES
 from pipeline.caption.fleet import VllmFleet
 from pipeline.caption.quality import caption_quality
@@ -95,14 +96,20 @@ def count_statuses(out_dir: Path, shards: list[str]) -> dict:
     return {"captions": sum(counts.values()), **counts, "caption_tokens": tokens}
 
 
-def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path, log_dir: Path) -> dict:
-    """Caption every image shard in raw_dir not yet captioned in out_dir; write and return the metrics."""
+def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path, log_dir: Path,
+        image_size: int | None = None) -> dict:
+    """Caption every image shard in raw_dir not yet captioned in out_dir; write and return the metrics.
+
+    `image_size`: the side of the square images the download stage writes; before any server starts, a request for
+    such an image must fit `server.max_model_len` (`context.check_context`; None skips the check)."""
     if params.distributor == "ray":  # first: without ray installed this fails before any work
         from pipeline.caption.ray_distributor import caption_on_ray
     raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
     tars = {p.stem: p for p in sorted(raw_dir.glob("*.tar"))}
     keys = {shard: image_keys(path, params.image_extensions) for shard, path in tars.items()}
     per_image = params.captions_per_image
+    if any(keys.values()):
+        print(check_context(params, image_size), flush=True)  # before any caption of another fingerprint is removed
     prepare_out_dir(out_dir, fingerprint(params), set(tars))
     todo = {s: p for s, p in tars.items()
             if finished_rows(out_dir / f"{s}.parquet") != expected_rows(keys[s], per_image)}
@@ -131,7 +138,8 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
     if counts["captions"] != images * per_image:
         raise RuntimeError(f"{out_dir}: {counts['captions']} caption rows for {images} raw images x "
                            f"{per_image} captions_per_image")
-    metrics = {"images": images, "captions_per_image": per_image} | counts | {
+    metrics = {"model": params.model, "served_model_name": params.served_model_name, "images": images,
+               "captions_per_image": per_image} | counts | {
         "shards": len(tars),
         "shards_skipped": len(tars) - len(todo),
         "captioned_this_run": captioned,

@@ -1,5 +1,6 @@
 """The `caption:` params section: which MLLM, how it is served, how it is asked, and which captions are kept."""
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -25,7 +26,19 @@ class ServerOptions(Section):
     max_num_seqs: int | None = Field(16, ge=1)
     kv_cache_memory_bytes: int | None = Field(268_435_456, gt=0)
     enforce_eager: bool = True
+    # False: --no-enable-chunked-prefill. vLLM's CPU engine dies (`CPU Generator does not use offset`) when a seeded
+    # request's prompt is prefilled in chunks, as long multimodal prompts are under concurrency; None: vLLM's default.
+    enable_chunked_prefill: bool | None = False
+    chat_template: str | None = None  # a .jinja file for a model without its own template (None: the model's)
+    mm_processor_kwargs: dict = {}  # the model's HF processor settings, e.g. Qwen2-VL's {max_pixels: 200704}
     extra_args: list[str] = []
+
+    @field_validator("chat_template")
+    @classmethod
+    def template_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path!r} is not a file")
+        return path
 
 
 class Sampling(Section):
@@ -163,5 +176,14 @@ class CaptionParams(Section):
         return self.model_dump(include={
             "model", "served_model_name", "prompts", "captions_per_image", "sampling", "filters",
             "retry_rejected_with_other_prompt", "image_extensions",
-        }) | {"server": self.server.model_dump(include={"dtype", "max_model_len"})}
+        }) | {"server": self.server.model_dump(include={"dtype", "max_model_len"}) | self._request_shaping()}
+
+    def _request_shaping(self) -> dict:
+        """The server options that change how a request is rendered, when set (so an unset one keeps the stamp)."""
+        shaping = {}
+        if self.server.chat_template:
+            shaping["chat_template"] = Path(self.server.chat_template).read_text()
+        if self.server.mm_processor_kwargs:
+            shaping["mm_processor_kwargs"] = self.server.mm_processor_kwargs
+        return shaping
 

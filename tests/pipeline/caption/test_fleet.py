@@ -1,5 +1,6 @@
 """vLLM fleet failures: clear errors within bounded time, and no server process left behind."""
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,8 @@ import time
 import pytest
 
 from pipeline.caption.client import CaptionServiceError, ImageItem, caption_stream
-from pipeline.caption.fleet import FleetError, VllmFleet, free_port
+from pipeline.caption.fleet import FleetError, VllmFleet, free_port, server_command
+from pipeline.params.caption import ServerOptions
 from tests.vllm_fixtures import REPO, tiny_params, vllm_fleet, vllm_pids  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -89,3 +91,16 @@ def test_sigterm_during_startup_leaves_no_server(tmp_path, vllm_fleet):  # noqa:
     stage.send_signal(signal.SIGTERM)
     assert stage.wait(timeout=60) == 128 + signal.SIGTERM
     assert not stray_pids(vllm_fleet)
+
+
+def test_server_flags_for_chunked_prefill_chat_template_and_processor(tmp_path):
+    """CPU default: chunked prefill off (seeded chunked prefill crashes vLLM's CPU engine); None leaves vLLM's."""
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    cmd = server_command(tiny_params(), "python", "m", 8000)
+    assert "--no-enable-chunked-prefill" in cmd and "--chat-template" not in cmd
+    cmd = server_command(tiny_params(server=ServerOptions(enable_chunked_prefill=None, chat_template=str(template),
+                                                          mm_processor_kwargs={"max_pixels": 784})), "python", "m", 1)
+    assert "--no-enable-chunked-prefill" not in cmd and "--enable-chunked-prefill" not in cmd
+    assert cmd[cmd.index("--chat-template") + 1] == str(template)
+    assert json.loads(cmd[cmd.index("--mm-processor-kwargs") + 1]) == {"max_pixels": 784}

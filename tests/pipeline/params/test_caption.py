@@ -1,4 +1,4 @@
-"""The caption section's distributor keys: bad values fail at load, naming the key."""
+"""The caption section: bad values fail at load naming the key, and what enters the resume fingerprint."""
 import pytest
 
 from pipeline.params import ParamsError, parse_params
@@ -38,3 +38,19 @@ def test_distributor_is_not_part_of_the_caption_fingerprint():
     local = parse_params({}).caption
     on_ray = parse_params(caption(distributor="ray", ray={"workers": 4})).caption
     assert local.content_fingerprint() == on_ray.content_fingerprint()
+
+
+def test_request_shaping_options_enter_the_fingerprint_only_when_set(tmp_path):
+    """A chat template (its text) or processor settings change captions; unset, the default's stamp is unchanged."""
+    default = parse_params({}).caption.content_fingerprint()
+    assert "chat_template" not in default["server"] and "mm_processor_kwargs" not in default["server"]
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    shaped = parse_params(caption(server={"chat_template": str(template), "mm_processor_kwargs": {"max_pixels": 784}}))
+    assert shaped.caption.content_fingerprint()["server"] == default["server"] | {
+        "chat_template": "{{ messages }}", "mm_processor_kwargs": {"max_pixels": 784}}
+
+
+def test_missing_chat_template_file_names_the_key(tmp_path):
+    with pytest.raises(ParamsError, match="caption.server.chat_template: .* is not a file"):
+        parse_params(caption(server={"chat_template": str(tmp_path / "none.jinja")}))
