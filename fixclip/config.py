@@ -8,6 +8,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+CLIP_CONTEXT = 77  # the text positions of every CLIP the stretch is meant for
+
 
 class StrictConfig(BaseModel):
     """Frozen; `'8'` is not an int and an unknown key is an error (as everywhere in params.yaml)."""
@@ -93,6 +95,10 @@ class FixClipConfig(StrictConfig):
                 raise ValueError(f"fixclip.{key}: {why}")
 
         if self.stretch:
+            check(base_context <= CLIP_CONTEXT, "stretch",
+                  f"the base model already has {base_context} text positions (the stretch takes CLIP's "
+                  f"{CLIP_CONTEXT} to {self.context_length(CLIP_CONTEXT)}, e.g. a Long-CLIP checkpoint has them); "
+                  "set it to false to fine-tune this model as it is")
             check(self.stretch_keep < base_context - 1, "stretch_keep", f"must lie in (0, {base_context - 1})")
         if self.regional_prompts:
             rows, cols = patch_grid

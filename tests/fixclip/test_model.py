@@ -4,6 +4,7 @@ import open_clip
 import pytest
 import torch
 
+from fixclip.base_model import TINY_CLIP_CONFIG, build_clip
 from fixclip.config import FixClipConfig
 from fixclip.loss import FixClipLoss
 from fixclip.model import FixClip
@@ -124,6 +125,15 @@ def test_bad_config_names_the_key():
         FixClipConfig().with_(hfa_weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="fixclip.prompt_start_layer"):
         FixClip(tiny_clip(), FixClipConfig().with_(prompt_start_layer=5))
+
+
+def test_stretching_a_model_that_is_already_long_is_refused():
+    """A Long-CLIP checkpoint (248 positions) stretched again would get 932 positions: refused, naming the key."""
+    config = copy.deepcopy(TINY_CLIP_CONFIG)
+    config["text_cfg"]["context_length"] = 248
+    with pytest.raises(ValueError, match=r"fixclip.stretch: the base model already has 248 text positions"):
+        FixClip(build_clip(config, seed=0), FixClipConfig())
+    assert FixClip(build_clip(config, seed=0), FixClipConfig().with_(stretch=False)).context_length == 248
 
 
 def test_from_pretrained_loads_the_committed_base(tmp_path):
