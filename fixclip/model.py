@@ -85,9 +85,17 @@ class FixClip(nn.Module):
 
     def new_parameters(self) -> List[nn.Parameter]:
         """The parameters this method adds from scratch (mask token, regional prompts, HFA heads and their logit
-        scales): the optimizer gives them their own learning rate and no weight decay. The stretched text positions
-        are not new: they are the base table, interpolated."""
-        modules = (self.mask_embedding, self.prompts, self.hfa_image, self.hfa_text)
+        scales): the optimizer does not decay them. The stretched text positions are not new: they are the base
+        table, interpolated."""
+        prompts = list(self.prompts.parameters()) if self.prompts is not None else []
+        return prompts + self.lr_scaled_parameters()
+
+    def lr_scaled_parameters(self) -> List[nn.Parameter]:
+        """The new parameters that train at ``new_params_lr_scale`` times the learning rate: the mask token and the
+        HFA heads. Not the regional prompts: they shape the training-time image features, which inference computes
+        without them, and a faster prompt lets the class token lean on what inference drops (measured: prompts
+        alone at 10x scored 52.2 / 37.0 long-text R@1, at 1x 54.6 / 57.6; issue 25)."""
+        modules = (self.mask_embedding, self.hfa_image, self.hfa_text)
         params = [p for m in modules if m is not None for p in m.parameters()]
         return params + ([self.hfa_logit_scale] if self.hfa_logit_scale is not None else [])
 

@@ -9,9 +9,9 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: f
           new_params_lr_scale: float = 1.0) -> torch.optim.AdamW:
     """AdamW with weight decay on the base model's matrices only: biases, norm gains, logit_scale and 1-D embeddings
     are not decayed (open_clip_train's and Long-CLIP's rule). The parameters the method adds from scratch
-    (``model.new_parameters()``: mask token, prompts, HFA heads) are not decayed either and run at
-    ``new_params_lr_scale`` times the learning rate: starting from zero or random values, they have further to go
-    than the pretrained weights around them.
+    (``model.new_parameters()``: mask token, prompts, HFA heads) are not decayed either, and those of
+    ``model.lr_scaled_parameters()`` (mask token, HFA heads) run at ``new_params_lr_scale`` times the learning rate:
+    starting from zero or random values, they have further to go than the pretrained weights around them.
 
     torch's fused kernel (CPU and CUDA): one pass over each tensor instead of the default per-tensor loop's
     several, ~6x faster on CPU (the 49408-row token embedding makes the step memory-bound). Same update, rounded
@@ -19,10 +19,14 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: f
     key biases, whose true gradient is 0 (softmax ignores them): Adam scales their rounding-noise gradient up to
     lr-sized steps under either kernel, and they change no output."""
     new = {id(p) for p in model.new_parameters()} if hasattr(model, "new_parameters") else set()
+    scaled = {id(p) for p in model.lr_scaled_parameters()} if hasattr(model, "lr_scaled_parameters") else set()
     decay, no_decay, added = [], [], []
     for param in model.parameters():
         if param.requires_grad:
-            (added if id(param) in new else decay if param.ndim >= 2 else no_decay).append(param)
+            if id(param) in scaled:
+                added.append(param)
+            else:
+                (decay if param.ndim >= 2 and id(param) not in new else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
               {"params": added, "weight_decay": 0.0, "lr_scale": new_params_lr_scale}]

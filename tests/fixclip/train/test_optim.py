@@ -61,15 +61,16 @@ def test_step_timer_counts_all_the_time_between_steps():
 
 
 def test_new_parameters_get_the_lr_scale_and_no_weight_decay():
-    """What the method adds from scratch runs at new_params_lr_scale x lr, undecayed; set_lr keeps the ratio."""
+    """What the method adds from scratch is not decayed; the mask token and HFA heads run at new_params_lr_scale x lr
+    (the prompts at lr); set_lr keeps the ratio."""
     model = FixClip(tiny_clip(), FixClipConfig())
     optim = adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, new_params_lr_scale=10.0)
     set_lr(optim, 2e-4)
-    new = {id(p) for p in model.new_parameters()}
-    assert new and sum(p.numel() for p in model.new_parameters()) < sum(p.numel() for p in model.parameters()) / 10
+    new, scaled = ({id(p) for p in params} for params in (model.new_parameters(), model.lr_scaled_parameters()))
+    assert id(model.prompts.tokens) in new - scaled and id(model.mask_embedding.embedding) in scaled
+    assert scaled < new
+    assert sum(p.numel() for p in model.new_parameters()) < sum(p.numel() for p in model.parameters()) / 10
     for group in optim.param_groups:
         ids = {id(p) for p in group["params"]}
-        if ids & new:
-            assert ids == new and group["weight_decay"] == 0.0 and group["lr"] == 2e-3
-        else:
-            assert group["lr"] == 2e-4
+        assert group["lr"] == (2e-3 if ids == scaled else 2e-4)
+        assert group["weight_decay"] == 0.0 or not ids & new
