@@ -13,7 +13,7 @@ Regional prompts P_l..P_L and the unidirectional attention mask         regional
 GTA: g_k = sum_j a_j h_{(k-1)S+j}, a_j = N(j; S, 1) / sum               hfa.gaussian_group_weights, GroupAlignmentHead
 GMF: z_k = LayerNorm(Linear_k(g_k)), per group and tower                hfa.GroupAlignmentHead.projections
 Symmetric InfoNCE with label smoothing                                  loss.info_nce
-L = sum_{i=K..G} w_i L_mi + L_short + L_long                            loss.FixClipLoss
+L = sum_{i=K..G} w_i L_mi + L_short + L_long (L_mi at its own scale)    loss.FixClipLoss, model.FixClip.hfa_logit_scale
 Module switches and hyper-parameters (M, l, G, K, w_i, ratio, ...)      config.FixClipConfig
 Long-CLIP: short text <-> image features on the batch's top-k components longclip (train.method: longclip)
 Holistic CLIP: K class tokens <-> K captions, multi-to-multi loss        holistic (train.method: holistic)

@@ -3,7 +3,7 @@
 Where: after patch embedding + class token + positional embedding, before ``ln_pre`` and the transformer.
 Why there: a masked slot then carries neither image content nor position, so the short caption is matched against
 what is still visible; and because tokens are replaced, not dropped, the sequence keeps its 1 + N layout, so the
-regional prompts' raster blocks and the attention mask are the same for the raw and the masked branch and both can
+regional prompts' regions and the attention mask are the same for the raw and the masked branch and both can
 run as one batch.
 """
 import torch
