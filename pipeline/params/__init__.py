@@ -23,6 +23,16 @@ from pipeline.params.train import TrainParams
 PARAMS_FILE = "params.yaml"
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent floats without a dot as YAML 1.2 does: PyYAML follows YAML 1.1, where
+    `1e-5` is a string, but `dvc exp run -S train.lr=1e-5` writes exactly that, and DVC (ruamel, YAML 1.2) reads it
+    as a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 class Params(Section):
     source: SourceParams = SourceParams()
     download: DownloadParams = DownloadParams()
@@ -94,7 +104,7 @@ def parse_params(raw: object, origin: str = PARAMS_FILE) -> Params:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml (the whole file: every stage checks every section before any work)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=_Loader)  # a SafeLoader
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:

@@ -68,6 +68,21 @@ def test_unreadable_params_file(tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
+def test_exponent_floats_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S train.lr=1e-5` writes `lr: 1e-5`, a float in YAML 1.2 and a string in PyYAML's YAML 1.1."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["lr"], raw["train"]["weight_decay"] = "LR", "WD"
+    text = yaml.safe_dump(raw, sort_keys=False).replace("lr: LR", "lr: 1e-5").replace("weight_decay: WD",
+                                                                                     "weight_decay: 2E+1")
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.lr == 1e-5 and params.train.weight_decay == 20.0
+    assert yaml.safe_load("lr: 1e-5") == {"lr": "1e-5"}  # PyYAML's own loader is left as it was
+    (tmp_path / "params.yaml").write_text(text.replace("lr: 1e-5", "lr: 1e-5x"))
+    with pytest.raises(ParamsError, match="train.lr: expected float, got '1e-5x'"):
+        load_params(tmp_path / "params.yaml")
+
+
 @pytest.mark.parametrize("stage", ["source", "download"])
 def test_stage_fails_before_work_on_bad_params(tmp_path, stage):
     """The stage exits 2 with the key named and writes nothing."""
