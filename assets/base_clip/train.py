@@ -21,7 +21,8 @@ Locked-image text Tuning", CVPR 2022): a supervised image tower, then a text tow
 - phase 2, LiT: the image tower is locked (its embeddings are computed once), the text tower and the logit scale
   learn open_clip.ClipLoss against it, P2_STEPS steps of P2_BATCH.
 
-Recipe (seeded, deterministic on one CPU thread):
+Recipe (seeded, one CPU thread, torch.use_deterministic_algorithms; a second run to confirm identical weights has not
+been made since the two-phase recipe):
 - model: open_clip.model.CLIP(**model.json): 64 px images, 8 px patches, ViT width 64 x 4 layers, text width 32 x 4
   layers, embed 64, context 77, the standard 49408-token BPE vocab (open_clip.get_tokenizer default); open_clip init.
 - data: a pool of POOL_MULTI scenes with 3-6 objects (world seed 20_000_000) and POOL_FEW scenes with 1-2 objects
