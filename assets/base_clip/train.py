@@ -15,9 +15,10 @@ never learned shape in 1700 steps of 128: zero-shot shape 15-18% against 16.7% c
 retrain with twin scenes did no better (17.3%). A web-trained CLIP's image tower has seen far more images than we
 can afford here, so we give ours its perception the way LiT does (Zhai et al., "LiT: Zero-Shot Transfer with
 Locked-image text Tuning", CVPR 2022): a supervised image tower, then a text tower tuned against it, locked.
-- phase 1, the image tower alone: a linear head on its embedding predicts, for each of the 3 x 3 cells, the
-  object's colour, shape, size and fill (or "empty"), and the background; cross-entropy, P1_STEPS steps of P1_BATCH.
-  The head is thrown away.
+- phase 1, the image tower alone (SceneHeads): a linear head on each 3 x 3 cell's mean patch token names the
+  object's colour, shape, size and fill (or "empty"; cross-entropy), and a linear head on the image embedding names
+  the scene's colour-shape kinds, colours and shapes (multi-label binary cross-entropy); P1_STEPS steps of
+  P1_BATCH. The heads are thrown away.
 - phase 2, LiT: the image tower is locked (its embeddings are computed once), the text tower and the logit scale
   learn open_clip.ClipLoss against it, P2_STEPS steps of P2_BATCH.
 
