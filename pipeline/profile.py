@@ -9,12 +9,11 @@ reaches params.yaml. Nested mappings merge key by key; any other value (lists in
 import io
 from pathlib import Path
 
-import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from fixclip.cli import ArgumentParser, existing_file, user_errors
-from pipeline.params import PARAMS_FILE, ParamsError, parse_params
+from pipeline.params import PARAMS_FILE, ParamsError, parse_params, read_yaml
 
 
 def merge(base, override) -> None:
@@ -34,7 +33,7 @@ def apply(profile: Path, params_file: Path, check_only: bool = False) -> None:
     buffer = io.StringIO()
     round_trip.dump(params, buffer)
     # Validate what the stages will read, with the loader they use.
-    parse_params(yaml.safe_load(buffer.getvalue()), f"{params_file} + {profile}")
+    parse_params(read_yaml(buffer.getvalue()), f"{params_file} + {profile}")
     if not check_only:
         params_file.write_text(buffer.getvalue())
 

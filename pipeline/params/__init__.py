@@ -33,6 +33,11 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
                               list("-+0123456789"))
 
 
+def read_yaml(text: str):
+    """params YAML as the stages read it (PyYAML's safe loader with YAML 1.2 exponent floats)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader
+
+
 class Params(Section):
     source: SourceParams = SourceParams()
     download: DownloadParams = DownloadParams()
@@ -104,7 +109,7 @@ def parse_params(raw: object, origin: str = PARAMS_FILE) -> Params:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml (the whole file: every stage checks every section before any work)."""
     try:
-        raw = yaml.load(Path(path).read_text(), Loader=_Loader)  # a SafeLoader
+        raw = read_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
