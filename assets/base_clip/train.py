@@ -27,7 +27,7 @@ been made since the two-phase recipe):
 - model: open_clip.model.CLIP(**model.json): 64 px images, 8 px patches, ViT width 64 x 4 layers, text width 32 x 4
   layers, embed 64, context 77, the standard 49408-token BPE vocab (open_clip.get_tokenizer default); open_clip init.
 - data: a pool of POOL_MULTI scenes with 3-6 objects (world seed 20_000_000) and POOL_FEW scenes with 1-2 objects
-  (world seed 20_000_001), rendered once by pipeline.toyworld.scenes.make_record. Half the pool (even indices) is
+  (world seed 20_000_001), rendered once as pipeline.toyworld.scenes.make_record does. Half the pool (even indices) is
   rendered at 64 px directly, the other half at 96 px and downscaled to 64 px with cv2 INTER_AREA, as img2dataset
   does to a world rendered larger than download.image_size (the default renders at 64 px, so img2dataset only re-encodes); every image then goes
   through the JPEG quality 95 round trip of img2dataset (cv2). Preprocessing = open_clip.image_transform(64,
@@ -89,7 +89,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for pipeline.toyworld.scenes when run as a script
 from pipeline.toyworld.scenes import (BACKGROUNDS, COLOURS, SHAPES, SIZES, TEXTURES, alt_text,  # noqa: E402
-                                      long_description, make_record, sample_scene)
+                                      long_description, make_record, sample_scene,
+                                      scene_record)
 
 SEED = 0
 TRAIN_WORLD_MULTI, TRAIN_WORLD_FEW = 20_000_000, 20_000_001  # >= 20_000_000: never the pipeline's worlds
@@ -123,13 +124,13 @@ def object_range(few: bool) -> tuple[int, int]:
     return (1, 2) if few else (3, 6)
 
 
-def render_train_image(seed: int, index: int, few: bool) -> np.ndarray:
-    lo, hi = object_range(few)
-    counts = dict(min_objects=lo, max_objects=hi)
+def render_train_image(scene, seed: int, index: int) -> np.ndarray:
+    """Scene `index` of world `seed` as img2dataset would store it (pipeline.toyworld.scenes.scene_record renders it
+    as make_record does)."""
     if index % 2 == 0:
-        rgb = np.asarray(make_record(seed, index, image_size=64, **counts, **WORLD).image)
+        rgb = np.asarray(scene_record(scene, seed, index, image_size=64).image)
     else:  # the pipeline default: rendered at 96 px, img2dataset "border" resize to 64 px (cv2 INTER_AREA)
-        rgb = np.asarray(make_record(seed, index, image_size=96, **counts, **WORLD).image)
+        rgb = np.asarray(scene_record(scene, seed, index, image_size=96).image)
         rgb = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_AREA)
     return jpeg_round_trip(np.ascontiguousarray(rgb))
 
@@ -142,9 +143,9 @@ def build_pool(n_multi: int, n_few: int):
     scenes = []
     t0 = time.time()
     for k, (seed, index, few) in enumerate(entries):
-        images[k] = render_train_image(seed, index, few)
         lo, hi = object_range(few)
         scenes.append(sample_scene(seed, index, WORLD["grid"], lo, hi, WORLD["textures"]))
+        images[k] = render_train_image(scenes[-1], seed, index)
         if (k + 1) % 10_000 == 0:
             print(f"  rendered {k + 1}/{len(entries)} ({time.time() - t0:.0f} s)", flush=True)
     return images, scenes
@@ -462,11 +463,11 @@ def main() -> None:
     images, scenes = build_pool(args.pool_multi, args.pool_few)
     check_preprocessing(images)
     targets = np.stack([scene_targets(s) for s in scenes])
-    held_out = [make_record(HELD_OUT_WORLD, i, image_size=64, min_objects=1, max_objects=1, **WORLD)
-                for i in range(3_000_000, 3_000_500)]  # single-object scenes the evaluation below does not use
-    held_out = (np.stack([jpeg_round_trip(np.asarray(r.image)) for r in held_out]),
-                np.stack([scene_targets(sample_scene(HELD_OUT_WORLD, i, WORLD["grid"], 1, 1, WORLD["textures"]))
-                          for i in range(3_000_000, 3_000_500)]))
+    indices = range(3_000_000, 3_000_500)  # single-object scenes the evaluation below does not use
+    held_out_scenes = [sample_scene(HELD_OUT_WORLD, i, WORLD["grid"], 1, 1, WORLD["textures"]) for i in indices]
+    held_out = (np.stack([jpeg_round_trip(np.asarray(scene_record(scene, HELD_OUT_WORLD, i, image_size=64).image))
+                          for scene, i in zip(held_out_scenes, indices)]),
+                np.stack([scene_targets(scene) for scene in held_out_scenes]))
     t_pool = time.time() - t_start
 
     tokenizer = open_clip.get_tokenizer("ViT-B-32")  # open_clip's default BPE tokenizer (49408 tokens, context 77)
