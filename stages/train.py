@@ -1,9 +1,11 @@
 """DVC stage `train`: data/shards/train + base CLIP -> models/fixclip/ + metrics/train.json + dvclive/train/.
 
 One process by default; with `train.distributed.nproc_per_node > 1` the stage re-launches itself under torchrun on
-this node; started by torchrun (any number of nodes) it trains as its rank. Killed, it resumes from
-checkpoints/train/ on the next run.
+this node; started by torchrun (any number of nodes) it trains as its rank. With `train.distributor: ray` it joins
+the Ray cluster and trains on `train.ray.workers` Ray Train workers. Killed, it resumes from checkpoints/train/ on
+the next run.
 """
+import math
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from fixclip.train.loop import check_config, train
 from pipeline.outputs import write_json
 from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.train import TrainParams
+from pipeline.ray_session import RayClusterError, ray_session
 
 DIRS = RunDirs(out_dir="models/fixclip", checkpoint_dir="checkpoints/train", log_dir="dvclive/train")
 METRICS = Path("metrics/train.json")
@@ -30,9 +33,24 @@ def check_fits_base_model(params: TrainParams) -> None:
         raise ParamsError.invalid(PARAMS_FILE, [f"train.{exc}"]) from None
 
 
+def train_on_ray(params: TrainParams) -> dict:
+    """The run on Ray Train workers of the cluster at `train.ray.address` (or RAY_ADDRESS, or a local instance)."""
+    from fixclip.train import ray_trainer
+
+    with ray_session(params.ray.address, "train.ray.address",
+                     num_cpus=math.ceil(params.ray.workers * params.ray.cpus_per_worker)):
+        return ray_trainer.fit(params, DIRS)
+
+
 def main() -> None:
     params = load_params().train
     check_fits_base_model(params)
+    if params.distributor == "ray":
+        metrics = train_on_ray(params)
+        write_json(METRICS, metrics)
+        print(f"train: {metrics['steps']} steps on {params.ray.workers} Ray Train workers "
+              f"({metrics['ray']['restarts']} restarts), final loss {metrics.get('final_loss', float('nan')):.4f}")
+        return
     wanted = params.distributed.nproc_per_node * params.distributed.nnodes
     if not under_torchrun() and wanted > 1:
         if params.distributed.nnodes > 1:
@@ -47,5 +65,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_params_error():
+    with exit_on_params_error(RayClusterError):  # an unreachable train.ray.address is one line too
         main()

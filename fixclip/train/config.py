@@ -18,7 +18,8 @@ from ..config import FixClipConfig, HolisticConfig, LongClipConfig, StrictConfig
 SHARED_FIXCLIP_KEYS = ("stretch_keep", "stretch_ratio", "trim_text_padding")
 # Fields that change how progress is shown or saved, never the trained weights (the world size is fingerprinted
 # directly, so `distributed` is left out too).
-_NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "distributed")
+_NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "distributed", "distributor",
+                       "ray")
 
 
 class BaseModelConfig(StrictConfig):
@@ -34,6 +35,19 @@ class DistributedConfig(StrictConfig):
 
     nproc_per_node: int = Field(1, ge=1)
     nnodes: int = Field(1, ge=1)
+
+
+class RayTrainConfig(StrictConfig):
+    """`distributor: ray`: the loop runs under Ray Train's TorchTrainer on `workers` workers of a Ray cluster, each
+    one rank (gloo on CPU, nccl on GPU). Every node must see the repository, data/ and checkpoints/ at the driver's
+    path (docs/scale.md, "Run it on a Ray cluster")."""
+
+    address: str | None = None  # host:port | ray://host:port | auto; None: RAY_ADDRESS if set, else a local instance
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = {}  # custom Ray resources a worker needs, e.g. {"trainer": 1}
+    max_failures: int = Field(2, ge=0)  # worker-group restarts (from the last checkpoint) before the stage fails
 
 
 class TrainConfig(StrictConfig):
@@ -74,6 +88,8 @@ class TrainConfig(StrictConfig):
     shuffle_buffer: int = Field(1000, ge=0)
     log_every: int = Field(1, ge=1)
     distributed: DistributedConfig = DistributedConfig()
+    distributor: Literal["local", "ray"] = "local"  # local: one process or torchrun (`distributed`) | ray: `ray`
+    ray: RayTrainConfig = RayTrainConfig()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -92,7 +108,18 @@ class TrainConfig(StrictConfig):
                              "leave caption_pool at 1")
         if self.logit_scale_init is not None and self.logit_scale_init > self.logit_scale_max:
             raise ValueError("logit_scale_init: exceeds logit_scale_max")
+        if self.distributor == "ray":
+            self._fits_ray()
         return self
+
+    def _fits_ray(self) -> None:
+        if self.distributed != DistributedConfig():
+            raise ValueError("distributed: with distributor ray, Ray Train places the ranks: set ray.workers and leave "
+                             "distributed at 1 process on 1 node")
+        if self.ray.use_gpu and self.device == "cpu":
+            raise ValueError("ray.use_gpu: true, but device is cpu")
+        if not self.ray.use_gpu and self.device == "cuda":
+            raise ValueError("device: cuda needs ray.use_gpu: true (Ray gives a worker a GPU only when asked)")
 
     @property
     def method_section(self) -> StrictConfig:

@@ -1,4 +1,7 @@
-"""Process-group set-up for one or many processes (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, ...)."""
+"""Process-group set-up for one or many processes (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, ...).
+
+Under Ray Train the group already exists when the loop starts (Ray made it, and sets the same variables): it is used
+as it is and left for Ray to destroy."""
 import os
 import sys
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ class Ranks:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this process made the process group (torchrun), so it destroys it
 
     @property
     def is_main(self) -> bool:
@@ -33,18 +37,20 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
 
 def setup(device_preference: str) -> Ranks:
     """Join the process group when started by torchrun (nccl on CUDA, gloo on CPU); else a single process."""
-    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    made_by_caller = dist.is_initialized()
+    if not made_by_caller and (not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1):
         return Ranks(0, 1, 0, pick_device(device_preference))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_preference, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    if not made_by_caller:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, device, owns_group=not made_by_caller)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(ranks: Ranks) -> None:
+    if ranks.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

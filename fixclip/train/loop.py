@@ -1,5 +1,5 @@
-"""The FIX-CLIP training loop: one entry point, ``train(cfg, dirs)``, for a single process and under torchrun (DDP:
-gloo on CPU, nccl on CUDA; the rank comes from torchrun's environment), resuming exactly.
+"""The FIX-CLIP training loop: one entry point, ``train(cfg, dirs)``, for a single process, under torchrun and under
+Ray Train (DDP: gloo on CPU, nccl on CUDA; the rank comes from the launcher's environment), resuming exactly.
 
 Exact resume: a checkpoint holds the weights, the AdamW
 state, the step, and every rank's mask-generator and torch RNG states; the data position follows from the step
@@ -247,5 +247,5 @@ def train(cfg: TrainConfig, dirs: RunDirs) -> dict | None:
         run.resume()
         return run.run()
     finally:
-        distributed.teardown()
+        distributed.teardown(ranks)
 

@@ -117,7 +117,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def exit_on_params_error():
-    """For stage entry points: a ParamsError (or another user error) prints the named bad keys and exits 2, without
-    a traceback."""
-    return user_errors()
+def exit_on_params_error(*also: type[Exception]):
+    """For stage entry points: a ParamsError (or another user error, or one of ``also``) prints the named bad keys
+    and exits 2, without a traceback."""
+    return user_errors(*also)
