@@ -50,6 +50,13 @@ def join(address: str, key: str) -> None:
         raise RayClusterError(f"{key}: cannot join the Ray cluster at {address!r}: {reason}")
 
 
+def this_node() -> str:
+    """The id of the Ray node this task or actor runs on (the id, not the address: nodes may share a machine)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, key: str | None, **local_options) -> Iterator[None]:
     """Connected to Ray inside the block: the caller's connection, `address` (from params `key`; None for a stage

@@ -26,7 +26,7 @@ prompts, seeds, filters and retries run on a laptop and on the cluster, and any 
 import asyncio
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, r
 from pipeline.outputs import write_bytes
 from pipeline.params import ParamsError
 from pipeline.params.caption import CaptionParams, RayOptions
-from pipeline.ray_session import RayClusterError, ray_session
+from pipeline.ray_session import RayClusterError, ray_session, this_node
 
 try:
     import ray
@@ -71,6 +71,10 @@ class CaptionWorker:
         self.params, self.fleet = params, VllmFleet(params, Path(log_dir))
         self.endpoints: list[str] = []
 
+    def node(self) -> str:
+        """The id of the Ray node this worker was placed on (asked before `start`, so answered at once)."""
+        return this_node()
+
     def start(self) -> str:
         """Start this worker's servers and wait until they are healthy; returns the node's address."""
         self.endpoints = self.fleet.__enter__()
@@ -99,6 +103,7 @@ RemoteCaptionWorker = ray.remote(CaptionWorker)
 class Worker:
     name: str
     actor: object
+    placed: object  # ObjectRef of the id of the Ray node it runs on
     shard: str | None = None  # the shard in flight
     attempt: Path | None = None  # where it writes that shard
 
@@ -116,6 +121,8 @@ class Dispatch:
         self.committed: set[str] = set()
         self.attempts: list[Path] = []
         self.tokens = self.transient_retries = self.started = self.failed = self.redone = 0
+        self.spawned: list[Worker] = []
+        self.shards_per_node: Counter = Counter()  # shards committed
 
     def run(self) -> dict:
         options = self.params.ray
@@ -139,7 +146,8 @@ class Dispatch:
                 attempt.unlink(missing_ok=True)
         return {"tokens": self.tokens, "transient_retries": self.transient_retries,
                 "ray": {"workers": options.workers, "workers_started": self.started, "worker_failures": self.failed,
-                        "shards_redone": self.redone}}
+                        "shards_redone": self.redone, "workers_per_node": self.placements(),
+                        "shards_per_node": dict(sorted(self.shards_per_node.items()))}}
 
     def spawn(self) -> None:
         name = f"worker-{self.started}"
@@ -148,7 +156,9 @@ class Dispatch:
             num_cpus=1, num_gpus=self.params.ray.gpus_per_worker, max_restarts=0,
             runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # the driver prints one line per shard instead
         ).remote(self.params, os.getcwd(), str(self.log_dir / name))
-        self.calls[actor.start.remote()] = Worker(name, actor)
+        worker = Worker(name, actor, placed=actor.node.remote())
+        self.spawned.append(worker)
+        self.calls[actor.start.remote()] = worker
 
     def settle(self, ref, worker: Worker) -> None:
         try:
@@ -164,7 +174,8 @@ class Dispatch:
         if worker.shard:
             self.commit(worker, result)
         else:
-            print(f"caption: {worker.name} serving on {result}", file=sys.stderr)
+            node = ray.get(worker.placed)
+            print(f"caption: {worker.name} serving on {result} (node {node[:12]})", file=sys.stderr)
         self.assign(worker)
 
     def assign(self, worker: Worker) -> None:
@@ -189,6 +200,7 @@ class Dispatch:
             raise RuntimeError(f"{worker.name} wrote {attempt} without exactly the rows of shard {shard}")
         os.replace(attempt, self.out_dir / f"{shard}.parquet")
         self.committed.add(shard)
+        self.shards_per_node[ray.get(worker.placed)] += 1
         self.record.add(result["images"], result["tokens"])
         self.tokens += result["tokens"]
         self.transient_retries += result["transient_retries"]
@@ -210,6 +222,16 @@ class Dispatch:
             self.assign(self.idle.pop())
         if self.queue:
             self.spawn()
+
+    def placements(self) -> dict[str, int]:
+        """Workers started per Ray node (placed by their 1 CPU and GPUs; one lost before it said where is left out)."""
+        nodes = Counter()
+        for worker in self.spawned:
+            try:
+                nodes[ray.get(worker.placed, timeout=10)] += 1
+            except (RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        return dict(sorted(nodes.items()))
 
     def stop_all(self) -> None:
         """Stop idle workers' servers gracefully; kill every actor (a killed actor's servers die with it)."""

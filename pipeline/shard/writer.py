@@ -21,6 +21,7 @@ import mmap
 import os
 import shutil
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -37,7 +38,7 @@ from pipeline.outputs import atomic_path, write_parquet
 from pipeline.shard.inputs import ShardInputError, captions_per_image, read_captions, read_records
 from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
-from pipeline.ray_session import ray_session
+from pipeline.ray_session import ray_session, this_node
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
@@ -176,10 +177,11 @@ JobRunner = Callable[[Callable, list[tuple], str], list]
 @contextmanager
 def job_runner(params: ShardParams) -> Iterator[JobRunner]:
     """`run(function, jobs, desc)` -> `function(*job)` for every job, in job order: in this process (1 worker),
-    `workers` local processes, or Ray tasks (`distributor: ray`). Both steps of the stage share its processes."""
+    `workers` local processes, or Ray tasks (`distributor: ray`, a RayJobs). Both steps of the stage share its
+    processes."""
     if params.distributor == "ray":
         with ray_session(None, None, num_cpus=params.workers):
-            yield ray_map
+            yield RayJobs()
     elif params.workers == 1:
         yield lambda function, jobs, desc: [function(*job) for job in tqdm(jobs, **progress(jobs, desc))]
     else:
@@ -191,18 +193,32 @@ def progress(jobs: list, desc: str) -> dict:
     return dict(total=len(jobs), desc=desc, unit="tar")
 
 
-def ray_map(function: Callable, jobs: list[tuple], desc: str) -> list:
-    """The jobs as Ray tasks (1 CPU each), results in job order; Ray retries a task whose worker died."""
-    import ray
+def on_node(folder: str, function: Callable, *args) -> tuple[str, object]:
+    """(the Ray node that ran it, `function(*args)` run in the driver's working folder `folder`)."""
+    os.chdir(folder)  # relative paths mean what they mean to the driver (every node sees the repository there)
+    return this_node(), function(*args)
 
-    remote = ray.remote(num_cpus=1)(function)
-    pending = [remote.remote(*job) for job in jobs]
-    with tqdm(**progress(jobs, desc)) as bar:
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            bar.update(len(done))
-    return ray.get(pending)
+
+class RayJobs:
+    """The jobs as Ray tasks (1 CPU each), results in job order; Ray retries a task whose worker died. Counts the
+    tasks each node ran (`tasks_per_node`, for the stage's metrics)."""
+
+    def __init__(self):
+        self.tasks_per_node: Counter = Counter()
+
+    def __call__(self, function: Callable, jobs: list[tuple], desc: str) -> list:
+        import ray
+
+        remote = ray.remote(num_cpus=1)(on_node)
+        pending = [remote.remote(os.getcwd(), function, *job) for job in jobs]
+        with tqdm(**progress(jobs, desc)) as bar:
+            waiting = list(pending)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                bar.update(len(done))
+        placed = ray.get(pending)
+        self.tasks_per_node.update(node for node, _ in placed)
+        return [result for _, result in placed]
 
 
 @contextmanager
@@ -438,4 +454,7 @@ def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -
             shard_counts = write(index, raw_dir, texts_dir, out_dir, params, captions["captions_per_image"], run_jobs)
     finally:
         shutil.rmtree(texts_dir, ignore_errors=True)
-    return count(index, captions, shard_counts)
+    metrics = count(index, captions, shard_counts)
+    if isinstance(run_jobs, RayJobs):
+        metrics["ray"] = {"tasks_per_node": dict(sorted(run_jobs.tasks_per_node.items()))}
+    return metrics

@@ -111,6 +111,11 @@ def test_worker_killed_mid_shard_its_shard_is_redone_once(raw_shards, tmp_path, 
     assert ray_counts["worker_failures"] == 1 and ray_counts["shards_redone"] == 1
     # A replacement starts when the shard finds no idle worker (the usual case here: the other worker is busy).
     assert ray_counts["workers"] == 2 and ray_counts["workers_started"] in (2, 3)
+    nodes = ray_counts["shards_per_node"]  # one node here; each shard counted once, where it was committed
+    assert len(nodes) == 1 and sum(nodes.values()) == len(keys)
+    assert list(ray_counts["workers_per_node"]) == list(nodes)
+    # the two first workers were placed; a replacement may still be waiting for a CPU when the last shard commits
+    assert 2 <= sum(ray_counts["workers_per_node"].values()) <= ray_counts["workers_started"]
     assert metrics["captioned_this_run"] == n_images
     assert json.loads((out / RUNS_FILE).read_text())["runs"][0]["images"] == n_images
     assert not list(out.glob(".*.tmp")), "no attempt file is left"

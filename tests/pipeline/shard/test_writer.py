@@ -222,7 +222,10 @@ def test_ray_tasks_write_the_same_bytes(tmp_path, eight_raw_tars, monkeypatch):
     local = writer.run(params, raw, captions, tmp_path / "local")
     on_ray = writer.run(params.model_copy(update={"distributor": "ray", "workers": 2}), raw, captions,
                         tmp_path / "ray")
+    tasks = on_ray.pop("ray")["tasks_per_node"]
     assert local == on_ray and file_digests(tmp_path / "local") == file_digests(tmp_path / "ray")
+    # one node here; each raw tar planned and each shard written by one task
+    assert len(tasks) == 1 and sum(tasks.values()) == 8 + local["train_shards"] + local["val_shards"]
     assert not ray.is_initialized(), "the local instance is stopped afterwards"
 
 
