@@ -5,6 +5,7 @@ this node; started by torchrun (any number of nodes) it trains as its rank. With
 the Ray cluster and trains on `train.ray.workers` Ray Train workers. Killed, it resumes from checkpoints/train/ on
 the next run.
 """
+import importlib.util
 import math
 import subprocess
 from pathlib import Path
@@ -35,6 +36,8 @@ def check_fits_base_model(params: TrainParams) -> None:
 
 def train_on_ray(params: TrainParams) -> dict:
     """The run on Ray Train workers of the cluster at `train.ray.address` (or RAY_ADDRESS, or a local instance)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ParamsError("train.distributor: ray is not installed (pip install -e '.[ray]')")
     from fixclip.train import ray_trainer
 
     with ray_session(params.ray.address, "train.ray.address",
