@@ -72,8 +72,8 @@ def two_node_cluster(tmp_path, monkeypatch):
             time.sleep(2)
         monkeypatch.setenv("RAY_ADDRESS", address)
         yield address, nodes
-    finally:
-        for proc in reversed(started):  # `ray start --block` stops its node's processes on SIGTERM
+    finally:  # `ray start --block` stops its node's processes on SIGTERM, after draining for up to 30 s
+        for proc in reversed(started):
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in started:
             try:

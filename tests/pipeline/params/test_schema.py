@@ -46,6 +46,11 @@ def test_params_yaml_lists_every_schema_key():
         ({"source": {"toyworld": {"min_objects": 5, "max_objects": 4}}}, "source.toyworld: min_objects (5) >"),
         ({"source": {"toyworld": {"max_objects": 10}}}, "source.toyworld: max_objects (10) exceeds"),
         ({"source": {"toyworld": {"textures": "yes"}}}, "source.toyworld.textures: expected bool, got 'yes'"),
+        ({"train": {"distributor": "ray", "distributed": {"nproc_per_node": 2}}},
+         "train.distributed: with distributor ray, Ray Train places the ranks"),
+        ({"train": {"distributor": "ray", "ray": {"use_gpu": True}, "device": "cpu"}},
+         "train.ray.use_gpu: true, but device is cpu"),
+        ({"train": {"distributor": "ray", "device": "cuda"}}, "train.device: cuda needs ray.use_gpu: true"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):
