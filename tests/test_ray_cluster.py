@@ -18,7 +18,7 @@ import yaml
 
 from fixclip.model_folder import WEIGHTS
 from tests.conftest import REPO, file_digests, run, stage_env
-from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _metrics, _ran, _shrink
+from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _metrics, _processes_in, _ran, _shrink
 
 pytestmark = pytest.mark.slow
 RAY = REPO / ".venv/bin/ray"
@@ -128,6 +128,8 @@ def test_whole_dag_on_two_ray_nodes_matches_the_local_run(repo_copy, two_node_cl
     _commit(repo_copy, "ray cluster profile")
     monkeypatch.setenv("RAY_ADDRESS", address)
     distributed = run(["dvc", "repro"], repo_copy)
+    # No vLLM server (nor its engine) outlives the stage, also one whose worker was stopped while it started up.
+    assert not _processes_in(repo_copy)
     # Evaluate and export rerun only if the trained weights differ in a bit (DVC compares the model folder's hash).
     assert {"download", "caption", "shard", "train"} <= _ran(distributed.stdout) <= {
         "download", "caption", "shard", "train", "evaluate", "export"}

@@ -123,6 +123,10 @@ class VllmFleet:
         self.log_dir = Path(log_dir)
         self.servers: list[Server] = []
         self._previous_sigterm = None
+        # stop() may come from another thread while servers start (a Ray caption worker stopped mid start-up): the
+        # lock makes "start one more server" and "stop them all" exclusive, and a stopped fleet starts no more.
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def __enter__(self) -> list[str]:
         if self.params.endpoints:
@@ -140,9 +144,12 @@ class VllmFleet:
         self.stop()
 
     def stop(self) -> None:
-        """Stop every server this fleet started (idempotent)."""
-        while self.servers:
-            stop_process_group(self.servers.pop().process)
+        """Stop every server this fleet started (idempotent); the fleet starts none afterwards."""
+        with self._lock:
+            self._stopped = True
+            servers, self.servers = self.servers, []
+        for server in reversed(servers):
+            stop_process_group(server.process)
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -188,14 +195,16 @@ class VllmFleet:
             if self.params.gpus:
                 server_env["CUDA_VISIBLE_DEVICES"] = ",".join(self.params.gpus[i * tp:(i + 1) * tp])
             log_path = self.log_dir / f"vllm-{i}.log"
-            with open(log_path, "wb") as log:
+            with self._lock, open(log_path, "wb") as log:
+                if self._stopped:
+                    raise FleetError("the fleet was stopped while its servers were starting")
                 process = subprocess.Popen(
                     server_command(self.params, python, model, port),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env,
                     start_new_session=True,
                     preexec_fn=die_with_parent if sys.platform == "linux" else None,
                 )
-            self.servers.append(Server(f"http://{self.params.host}:{port}", process, log_path))
+                self.servers.append(Server(f"http://{self.params.host}:{port}", process, log_path))
 
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + self.params.startup_timeout_s

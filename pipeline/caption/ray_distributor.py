@@ -93,6 +93,9 @@ class CaptionWorker:
         return {"images": len(keys)} | stats
 
     def stop(self) -> None:
+        """Stop this worker's servers, also while `start` is still waiting for them (the actor runs two calls at
+        once): killing the actor alone would leave a server that is still starting up without its engine's
+        clean-up (its EngineCore outlives it)."""
         self.fleet.stop()
 
 
@@ -153,7 +156,7 @@ class Dispatch:
         name = f"worker-{self.started}"
         self.started += 1
         actor = RemoteCaptionWorker.options(
-            num_cpus=1, num_gpus=self.params.ray.gpus_per_worker, max_restarts=0,
+            num_cpus=1, num_gpus=self.params.ray.gpus_per_worker, max_restarts=0, max_concurrency=2,  # stop || start
             runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # the driver prints one line per shard instead
         ).remote(self.params, os.getcwd(), str(self.log_dir / name))
         worker = Worker(name, actor, placed=actor.node.remote())
@@ -234,8 +237,8 @@ class Dispatch:
         return dict(sorted(nodes.items()))
 
     def stop_all(self) -> None:
-        """Stop idle workers' servers gracefully; kill every actor (a killed actor's servers die with it)."""
-        stopping = [worker.actor.stop.remote() for worker in self.idle]
+        """Stop every worker's servers gracefully (idle, starting or mid-shard); then kill every actor."""
+        stopping = [worker.actor.stop.remote() for worker in self.idle + list(self.calls.values())]
         if stopping:
             ray.wait(stopping, num_returns=len(stopping), timeout=STOP_GRACE_S + 5)
         for worker in self.idle + list(self.calls.values()):
