@@ -98,8 +98,8 @@ def check_shared_storage(cfg: TrainConfig, dirs: RunDirs) -> None:
              str(Path(cfg.base_model.weights).absolute())]
     try:
         nodes = [node for node in ray.nodes() if node["Alive"]]
-        answers = ray.get([_missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                           .remote(paths) for node in nodes])
+        pinned = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) for node in nodes]
+        answers = ray.get([_missing.options(scheduling_strategy=where).remote(paths) for where in pinned])
     finally:
         token.unlink(missing_ok=True)
     for node, missing in zip(nodes, answers):
