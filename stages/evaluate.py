@@ -1,30 +1,25 @@
 """DVC stage `evaluate`: base and trained model on the benchmarks in params -> metrics/eval.json + bar-plot data.
 
-Writes data/toy_benchmark/ (when a toy benchmark is listed), metrics/eval.json ({benchmark: {model: metrics}}) and
-plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per model so a bar plot shows
-base and trained side by side).
+Reads the toy benchmark the benchmarks stage wrote (data/toy_benchmark/). Writes metrics/eval.json ({benchmark:
+{model: metrics}}) and plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
+model so a bar plot shows base and trained side by side).
 """
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from fixclip.eval.benchmarks import ADAPTERS
 from fixclip.eval.encode import CachedEncoder
 from fixclip.eval.run import evaluate_all, plot_rows
 from fixclip.model_folder import load_base, load_model_folder
 from fixclip.train.distributed import pick_device
+from pipeline.benchmarks import TOY_DIR, load_benchmark
 from pipeline.outputs import write_json
 from pipeline.params import ParamsError, exit_on_params_error, load_params
-from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import EvaluateParams
-from pipeline.params.source import ToyWorldParams
 from pipeline.params.train import BaseModelParams
-from pipeline.toyworld.benchmark import generate
 
-TOY_DIR = Path("data/toy_benchmark")
 METRICS = Path("metrics/eval.json")
 PLOTS = Path("plots/eval")
 
@@ -47,16 +42,6 @@ def load_models(params: EvaluateParams, base: BaseModelParams, device: torch.dev
     return {name: model.to(device) for name, model in models.items()}
 
 
-def load_benchmark(entry, toy_dir: Path):
-    """The adapter of `entry.kind` called with the entry's options (toy: the generated folder), captions cut to
-    `max_text_tokens` when set."""
-    kwargs = entry.adapter_kwargs()
-    if entry.kind == "toy":
-        kwargs["root"] = str(toy_dir)
-    benchmark = ADAPTERS[entry.kind](**kwargs)
-    return benchmark if entry.max_text_tokens is None else replace(benchmark, max_text_tokens=entry.max_text_tokens)
-
-
 def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
     plots_dir.mkdir(parents=True, exist_ok=True)
     for model in models:
@@ -66,17 +51,13 @@ def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
             writer.writerows({"task": r["task"], "score": round(r["score"], 4)} for r in plot_rows(results, model))
 
 
-def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, download: DownloadParams,
-        toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS, plots_dir: Path = PLOTS) -> dict:
-    """Generate the toy benchmark if listed, evaluate every model on every benchmark, write metrics and plots."""
+def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
+        plots_dir: Path = PLOTS) -> dict:
+    """Evaluate every model on every benchmark, write metrics and plots."""
     device = eval_device(params.device)
     if params.threads:
         torch.set_num_threads(params.threads)
     start = time.perf_counter()
-    if any(entry.kind == "toy" for entry in params.benchmarks):
-        stats = generate(params.toy, world, download, toy_dir)
-        print(f"evaluate: toy benchmark: {stats['share_over_77_tokens']:.0%} of long descriptions over 77 tokens, "
-              f"{stats['share_twins_equal_in_first_77_tokens']:.0%} of twin pairs equal in their first 77")
     models = load_models(params, base, device)
     encoders = [CachedEncoder(model, name, params.batch_size, params.workers) for name, model in models.items()]
     results = evaluate_all(encoders, {entry.name: load_benchmark(entry, toy_dir) for entry in params.benchmarks})
@@ -89,7 +70,7 @@ def run(params: EvaluateParams, base: BaseModelParams, world: ToyWorldParams, do
 
 def main() -> None:
     params = load_params()
-    run(params.evaluate, params.train.base_model, params.source.toyworld, params.download)
+    run(params.evaluate, params.train.base_model)
 
 
 if __name__ == "__main__":

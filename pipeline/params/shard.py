@@ -27,3 +27,8 @@ class ShardParams(Section):
     # Where those run: local processes, or Ray tasks (RAY_ADDRESS, else a local instance of `workers` CPUs); every
     # node must see data/ at the same path.
     distributor: Literal["local", "ray"] = "local"
+    # Drop near copies of any benchmark image evaluate is configured with (the benchmarks stage's fingerprints) as
+    # `benchmark_duplicate`. The threshold is on pipeline/decontaminate/fingerprint.py's aligned distance (0: the
+    # same picture); 0.075 was picked from the measurements in docs/decontamination.md.
+    decontaminate: bool = True
+    decontaminate_threshold: float = Field(0.075, gt=0.0, lt=1.0)

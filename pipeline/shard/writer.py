@@ -1,7 +1,9 @@
 """The shard stage's library: join raw images with their captions into deterministic webdataset shards.
 
 Every successfully downloaded image ends in `train`, `val`, or one named drop class, recorded in an index; the
-counts add up. Bytes are reproducible: samples are ordered by a seeded hash of their uid, tar members carry
+counts add up. With `shard.decontaminate`, an image that is a near copy of a benchmark image (the benchmarks stage's
+fingerprints, pipeline/decontaminate) is dropped as `benchmark_duplicate`; the index names the benchmark image and
+the distance. Bytes are reproducible: samples are ordered by a seeded hash of their uid, tar members carry
 mtime 0, uid/gid 0 and empty owner names, and image bytes are copied as downloaded.
 
 Three steps: `workers` processes plan one raw shard each (its records, its caption file, member offsets and the
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.decontaminate.downloaded import Decontamination
 from pipeline.shard import file_limit, tar_format, text_records
 from pipeline.shard.image_check import CHECKS
 from pipeline.shard.json_objects import ABSENT, json_objects
@@ -41,7 +44,7 @@ from pipeline.params.shard import ShardParams
 from pipeline.ray_session import ray_session, this_node
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image")
+DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image", "benchmark_duplicate")
 
 
 def scan_raw_tar(tar_path: Path) -> dict[str, tuple[int, int]]:
@@ -118,7 +121,7 @@ class ImageCaptions:
 
 def fates(images: list[tuple[int, int]], rows: np.ndarray, found: ImageCaptions, data: memoryview,
           check: Callable) -> np.ndarray:
-    """Each image's drop class (no caption, none ok, image check failed), or None for images to keep."""
+    """Each image's drop class (no caption, none ok, image check failed), or None for images to keep so far."""
     fate = np.full(len(rows), None, object)
     captioned = rows >= 0
     has_ok = np.zeros(len(rows), bool)
@@ -235,12 +238,13 @@ def mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
 
 
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "offset", "size", "text_offset",
-                 "text_size")
+                 "text_size", "benchmark", "benchmark_item", "benchmark_distance")
+MATCH_COLUMNS = ("benchmark", "benchmark_item", "benchmark_distance")  # of a benchmark_duplicate, else null
 SAMPLE_COLUMNS = ("uid", "raw_shard", "offset", "size", "text_offset", "text_size")  # write_shard's
 
 
 def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, texts_dir: Path, params: ShardParams,
-                   per_image: int) -> tuple[pd.DataFrame, int]:
+                   per_image: int, decontamination: Decontamination | None) -> tuple[pd.DataFrame, int]:
     """(one row (INDEX_COLUMNS) per successful download of raw shard `stem`, the keys its caption file holds). A row
     holds the image's fate, its seeded place in the shard order, where its bytes are in the raw tar (offset, size),
     and for a kept image where its texts and metadata are in `texts_dir/<stem>.texts` (see text_records.py). Worked
@@ -249,7 +253,8 @@ def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, texts_dir: Path
     captions = read_captions(captions_dir / f"{stem}.parquet", per_image, listed)
     tar_path = raw_dir / f"{stem}.tar"
     if tar_path.exists():
-        index = plan_raw_tar(tar_path, records, captions, params, per_image, texts_dir / f"{stem}.texts")
+        index = plan_raw_tar(tar_path, records, captions, params, per_image, texts_dir / f"{stem}.texts",
+                             decontamination)
     elif len(records):
         raise ShardInputError(f"{raw_dir}: {stem}.parquet lists images but its tar is missing")
     else:
@@ -258,7 +263,7 @@ def plan_raw_shard(raw_dir: Path, stem: str, captions_dir: Path, texts_dir: Path
 
 
 def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, params: ShardParams,
-                 per_image: int, texts_path: Path) -> pd.DataFrame:
+                 per_image: int, texts_path: Path, decontamination: Decontamination | None = None) -> pd.DataFrame:
     """The index rows of one raw tar's `records`, given their `captions` (see plan_raw_shard)."""
     members = scan_raw_tar(tar_path)
     keys = records["key"].tolist()
@@ -270,8 +275,11 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
     uids = [str(uid) for uid in records["uid"].tolist()] if "uid" in records else keys
     found = ImageCaptions(captions, per_image)
     rows = found.rows_of(keys)
+    matches = {name: np.full(len(keys), None, object) for name in MATCH_COLUMNS}
     with mapped(tar_path) as data, memoryview(data) as view:
         fate = fates(images, rows, found, view, CHECKS[params.check_images])
+        if decontamination is not None:
+            drop_copies(fate, matches, images, records, view, decontamination)
     kept = np.flatnonzero([drop is None for drop in fate.tolist()])
     split, substituted, texts = kept_samples(params, records.iloc[kept], [keys[i] for i in kept],
                                              [uids[i] for i in kept], rows[kept], found, per_image)
@@ -286,7 +294,26 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
                          "raw_shard": np.full(len(keys), tar_path.stem, object),
                          "order": unit_hashes(params.seed, "order", uids), **columns,
                          "offset": np.array([offset for offset, _ in images], np.int64),
-                         "size": np.array([size for _, size in images], np.int64)}, columns=INDEX_COLUMNS)
+                         "size": np.array([size for _, size in images], np.int64), **matches},
+                        columns=INDEX_COLUMNS)
+
+
+def drop_copies(fate: np.ndarray, matches: dict[str, np.ndarray], images: list[tuple[int, int]],
+                records: pd.DataFrame, data: memoryview, decontamination: Decontamination) -> None:
+    """Mark the images still kept that copy a benchmark image `benchmark_duplicate`, filling in `matches`; one that
+    passed a header check but does not decode is `undecodable_image`."""
+    candidates = np.flatnonzero([drop is None for drop in fate.tolist()]).tolist()
+    widths, heights = values(records, "original_width"), values(records, "original_height")
+    originals = [(int(widths[i]), int(heights[i])) if _present(widths[i]) and _present(heights[i]) else None
+                 for i in candidates]
+    found = decontamination.check([data[images[i][0]:images[i][0] + images[i][1]] for i in candidates], originals)
+    for i, match in zip(candidates, found):
+        if match == "undecodable":
+            fate[i] = "undecodable_image"
+        elif match is not None:
+            fate[i] = "benchmark_duplicate"
+            matches["benchmark"][i], matches["benchmark_item"][i] = match.benchmark, match.item
+            matches["benchmark_distance"][i] = match.distance
 
 
 def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], uids: list[str], rows: np.ndarray,
@@ -305,8 +332,8 @@ def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], ui
     return split, substituted, texts
 
 
-def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams,
-         run_jobs: JobRunner) -> tuple[pd.DataFrame, dict]:
+def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams, run_jobs: JobRunner,
+         decontamination: Decontamination | None = None) -> tuple[pd.DataFrame, dict]:
     """Decide every raw image's fate, `workers` raw shards at a time, their texts going to `texts_dir`; returns the
     index (one row per image, in shard order) and what the captions hold (`captioned` images,
     `captions_per_image`)."""
@@ -322,7 +349,7 @@ def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams
                               f"from, here up to {sources}; {exc}. Lower shard.samples_per_shard or raise the hard "
                               f"limit") from exc
     per_image = captions_per_image(caption_files)
-    jobs = [(raw_dir, stem, captions_dir, texts_dir, params, per_image) for stem in stems]
+    jobs = [(raw_dir, stem, captions_dir, texts_dir, params, per_image, decontamination) for stem in stems]
     parts = run_jobs(plan_raw_shard, jobs, "shard: read raw")
     planned = [part for part, _ in parts if len(part)]
     index = pd.concat(planned, ignore_index=True) if planned else pd.DataFrame(columns=INDEX_COLUMNS)
@@ -422,6 +449,8 @@ def write(index: pd.DataFrame, raw_dir: Path, texts_dir: Path, out_dir: Path, pa
         shard_counts[split] = len(names)
     run_jobs(write_shard, jobs, "shard: write")
     listing = index[["uid", "key", "raw_shard", "fate"]].assign(shard=pd.array(shard, dtype="string"))
+    for name in MATCH_COLUMNS:
+        listing[name] = pd.array(index[name], dtype="Float64" if name == "benchmark_distance" else "string")
     write_parquet(out_dir / "index.parquet", listing)
     return shard_counts
 
@@ -442,15 +471,21 @@ def count(index: pd.DataFrame, captions: dict, shard_counts: dict) -> dict:
     placed = metrics["train"] + metrics["val"] + sum(metrics[f"dropped_{r}"] for r in DROP_REASONS)
     if placed != metrics["raw_images"]:
         raise RuntimeError(f"shard accounting does not add up: {placed} placed of {metrics['raw_images']}")
+    duplicates = index.loc[index["fate"] == "benchmark_duplicate", "benchmark"] if len(index) else []
+    per_benchmark = Counter(name for names in duplicates for name in names.split(","))
+    metrics["benchmark_duplicates"] = dict(sorted(per_benchmark.items()))  # an image in several counts in each
     return metrics
 
 
-def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path) -> dict:
+def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path,
+        decontamination: Decontamination | None = None) -> dict:
+    """The stage: plan, write, count. `decontamination` (None: off) checks every image still kept against the
+    benchmark fingerprints."""
     texts_dir = out_dir / ".texts"  # scratch: the planned texts of every raw shard, gone when the stage ends
     texts_dir.mkdir(parents=True, exist_ok=True)
     try:
         with job_runner(params) as run_jobs:
-            index, captions = plan(raw_dir, captions_dir, texts_dir, params, run_jobs)
+            index, captions = plan(raw_dir, captions_dir, texts_dir, params, run_jobs, decontamination)
             shard_counts = write(index, raw_dir, texts_dir, out_dir, params, captions["captions_per_image"], run_jobs)
     finally:
         shutil.rmtree(texts_dir, ignore_errors=True)

@@ -41,7 +41,8 @@ def test_stage_writes_base_and_trained_side_by_side(tmp_path):
     params = EvaluateParams.model_validate({
         "trained_model": str(trained), "toy": SMALL_TOY.model_dump(), "batch_size": 16})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
-    results = run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "metrics/eval.json",
+    generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")  # the benchmarks stage's part
+    results = run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "metrics/eval.json",
                   plots_dir=tmp_path / "plots/eval")
 
     written = json.loads((tmp_path / "metrics/eval.json").read_text())
@@ -77,8 +78,7 @@ def test_cuda_without_a_gpu_fails_before_any_work(tmp_path):
     params = EvaluateParams.model_validate({"toy": SMALL_TOY.model_dump(), "device": "cuda", "trained_model": None})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
     with pytest.raises(ParamsError, match="evaluate.device"):
-        run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
-            plots_dir=tmp_path / "plots")
+        run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots")
     assert not any(tmp_path.iterdir())
 
 
@@ -101,7 +101,8 @@ def test_extra_models_are_scored_beside_base_and_trained(tmp_path, monkeypatch):
         "benchmarks": [{"name": "toy_long", "kind": "toy", "task": "long_retrieval"}],
         "extra_models": [{"name": "longclip-tiny", "path": "models/extra/longclip-tiny.pt"}]})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
-    results = run(params, base, WORLD, DOWNLOAD, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
+    generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")
+    results = run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
                   plots_dir=tmp_path / "plots")
     assert list(results["toy_long"]) == ["base", "trained", "longclip-tiny"]
     assert results["toy_long"]["longclip-tiny"]["images"] == 24

@@ -1,0 +1,51 @@
+"""Fingerprint the images of the configured benchmarks (the benchmarks stage)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.benchmarks import load_benchmark
+from pipeline.decontaminate import fingerprint, index
+
+
+class BenchmarkImageError(ValueError):
+    """A benchmark is missing or one of its images cannot be read; the message names the file (a user error: the
+    stage prints it as one line)."""
+
+
+def benchmark_items(entries, toy_dir: Path) -> pd.DataFrame:
+    """One row per distinct image of the entries: `item` (its path), `benchmark` (the names of the entries that
+    list it, comma-separated, in params order)."""
+    names: dict[str, list[str]] = {}
+    for entry in entries:
+        try:
+            images = load_benchmark(entry, toy_dir).images
+        except (FileNotFoundError, ValueError) as exc:
+            raise BenchmarkImageError(f"evaluate.benchmarks: {entry.name}: {exc}") from None
+        for path in images:
+            listed = names.setdefault(str(path), [])
+            if entry.name not in listed:
+                listed.append(entry.name)
+    return pd.DataFrame({"benchmark": [",".join(n) for n in names.values()], "item": list(names)})
+
+
+def read_picture(path: str) -> np.ndarray:
+    """The canonical picture of a benchmark image file; BenchmarkImageError naming the file if it does not decode."""
+    try:
+        return fingerprint.canonical(fingerprint.decode(Path(path).read_bytes()))
+    except (OSError, fingerprint.UnreadableImage) as exc:
+        raise BenchmarkImageError(f"{path}: benchmark image cannot be read ({exc})") from None
+
+
+def fingerprint_benchmarks(entries, toy_dir: Path, out_dir: Path) -> dict:
+    """Write the fingerprints of every image of `entries` to `out_dir`; returns the counts (the stage's metrics)."""
+    items = benchmark_items(entries, toy_dir)
+    pictures = [read_picture(path) for path in tqdm(items["item"], desc="benchmarks: fingerprint", unit="img")]
+    shape = (0, fingerprint.CANONICAL, fingerprint.CANONICAL, 3)
+    index.write(out_dir, items, np.stack(pictures) if pictures else np.zeros(shape, np.uint8))
+    per_benchmark = {entry.name: 0 for entry in entries}
+    for names in items["benchmark"]:
+        for name in names.split(","):
+            per_benchmark[name] += 1
+    return {"images": len(items), "images_per_benchmark": per_benchmark}
