@@ -61,6 +61,10 @@ def caption_line(m: dict) -> str:
     return f"{line}\n{INDENT}quality ({m['quality']['captions']} captions): {scores}"
 
 
+def benchmarks_line(m: dict) -> str:
+    return f"{m['images']} images of {len(m['images_per_benchmark'])} benchmarks fingerprinted"
+
+
 def shard_line(m: dict) -> str:
     return (f"{m['train']} train + {m['val']} val of {m['raw_images']} images  "
             f"{m['train_shards']} + {m['val_shards']} shards  {named_counts('dropped', drops(m))}")
@@ -87,7 +91,8 @@ def export_line(m: dict) -> str:
 
 
 STAGES = {"source": ("source.json", source_line), "download": ("download.json", download_line),
-          "caption": ("caption.json", caption_line), "shard": ("shard.json", shard_line),
+          "caption": ("caption.json", caption_line), "benchmarks": ("benchmarks.json", benchmarks_line),
+          "shard": ("shard.json", shard_line),
           "train": ("train.json", train_line), "evaluate": ("eval.json", evaluate_line),
           "export": ("export.json", export_line)}
 

@@ -86,7 +86,7 @@ def repo_copy(tmp_path):
     """A temporary git repository holding a copy of the project without its data, outputs or dvc.lock."""
     root = tmp_path / "repo"
     skip = ("data/", "metrics/", "models/", "dvc.lock")
-    inputs = ("models/extra/",)  # evaluate.extra_models' folder: an input of the DAG, not an output
+    inputs = ("models/extra/", "data/benchmarks/")  # inputs of the DAG (extra models, real benchmark data)
     for name in project_files():
         if name.startswith(skip) and not name.startswith(inputs):
             continue

@@ -93,7 +93,7 @@ def _processes_in(root) -> list[int]:
 def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners):  # noqa: F811
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download", "caption", "shard", "train", "evaluate", "export"}
+    assert _ran(first.stdout) == {"source", "download", "caption", "benchmarks", "shard", "train", "evaluate", "export"}
     assert not _processes_in(repo_copy)  # no server left behind
     download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
     assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())

@@ -7,8 +7,9 @@ pipeline.decontaminate`) holds
 - colour.npy, grey.npy: (items x crops, dims) float32 lookup descriptors (fingerprint.lookup_descriptors), in colour
   and in luminance; row r belongs to item r // crops.
 
-Lookup uses faiss (IndexIVFFlat, L2): the descriptors are clustered once into about 4 sqrt(n) lists and a query scans
-the `PROBES` nearest lists, not every benchmark image; below `FLAT_BELOW` descriptors an exact flat index is as fast.
+Lookup uses faiss (IndexIVFFlat, L2): the descriptors are clustered once (k-means on a seeded sample of
+`TRAIN_PER_LIST` per list) into about sqrt(n) lists and a query scans the `PROBES` nearest lists, not every benchmark
+image; below `FLAT_BELOW` descriptors an exact flat index is as fast.
 Candidates are the items with a descriptor within `LOOKUP_RMS` of the query among its `NEIGHBOURS` nearest; each is
 then checked (fingerprint.aligned_distance) and the closest one within the threshold is the match.
 """
@@ -27,6 +28,7 @@ NEIGHBOURS = 64  # nearest descriptors a lookup returns
 LOOKUP_RMS = 12.0  # candidates: a descriptor within this RMS difference (0-255 scale) of the query's
 PROBES = 16  # inverted lists a lookup scans
 FLAT_BELOW = 20_000  # descriptors under which the index is exact (flat)
+TRAIN_PER_LIST = 64  # k-means sample per list (faiss's max_points_per_centroid)
 SEED = 1234  # k-means seed of the inverted lists (faiss's default), single-threaded: the same lists every build
 
 
@@ -58,9 +60,10 @@ def _searcher(descriptors: np.ndarray) -> faiss.Index:
     if count < FLAT_BELOW:
         index = faiss.IndexFlatL2(dims)
     else:
-        lists = int(4 * np.sqrt(count))
+        lists = int(np.sqrt(count))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dims), dims, lists)
         index.cp.seed = SEED
+        index.cp.max_points_per_centroid = TRAIN_PER_LIST
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:

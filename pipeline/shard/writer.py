@@ -300,16 +300,18 @@ def plan_raw_tar(tar_path: Path, records: pd.DataFrame, captions: pd.DataFrame, 
 
 def drop_copies(fate: np.ndarray, matches: dict[str, np.ndarray], images: list[tuple[int, int]],
                 records: pd.DataFrame, data: memoryview, decontamination: Decontamination) -> None:
-    """Mark the images still kept that copy a benchmark image `benchmark_duplicate`, filling in `matches`; one that
-    passed a header check but does not decode is `undecodable_image`."""
-    candidates = np.flatnonzero([drop is None for drop in fate.tolist()]).tolist()
+    """Mark every image that copies a benchmark image `benchmark_duplicate`, filling in `matches`: a leak is named
+    as such even where the image had no usable caption (a caption drop class is then replaced). An image kept so far
+    that passed a header check but does not decode is `undecodable_image`."""
+    candidates = np.flatnonzero([drop in (None, "no_caption", "filtered_caption") for drop in fate.tolist()]).tolist()
     widths, heights = values(records, "original_width"), values(records, "original_height")
     originals = [(int(widths[i]), int(heights[i])) if _present(widths[i]) and _present(heights[i]) else None
                  for i in candidates]
     found = decontamination.check([data[images[i][0]:images[i][0] + images[i][1]] for i in candidates], originals)
     for i, match in zip(candidates, found):
         if match == "undecodable":
-            fate[i] = "undecodable_image"
+            if fate[i] is None:
+                fate[i] = "undecodable_image"
         elif match is not None:
             fate[i] = "benchmark_duplicate"
             matches["benchmark"][i], matches["benchmark_item"][i] = match.benchmark, match.item

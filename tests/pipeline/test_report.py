@@ -8,7 +8,7 @@ from pipeline.report import STAGES, main, report
 from tests.conftest import assert_user_error
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_ORDER = ("source", "download", "caption", "shard", "train", "evaluate", "export")
+DAG_ORDER = ("source", "download", "caption", "benchmarks", "shard", "train", "evaluate", "export")
 
 
 def metrics(**overrides) -> dict:
@@ -23,6 +23,7 @@ def metrics(**overrides) -> dict:
                     "shards": 1, "shards_skipped": 0, "captioned_this_run": 990, "generated_tokens_this_run": 80000,
                     "transient_retries": 0, "seconds": 100.0, "images_per_s": 9.9, "captions_per_s": 9.9,
                     "tokens_per_s": 800.0},
+        "benchmarks": {"images": 1980, "images_per_benchmark": {"toy_long": 500, "toy_zeroshot": 480}},
         "shard": {"raw_images": 990, "captioned": 990, "captions_per_image": 1, "substituted_captions": 0,
                   "dropped_no_caption": 0, "dropped_filtered_caption": 0, "dropped_undecodable_image": 0,
                   "train": 940, "val": 50, "train_shards": 1, "val_shards": 1},
