@@ -93,7 +93,8 @@ def _processes_in(root) -> list[int]:
 def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners):  # noqa: F811
     _shrink(repo_copy)
     first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download", "caption", "benchmarks", "shard", "train", "evaluate", "export"}
+    assert _ran(first.stdout) == {"source", "download", "caption", "benchmarks", "shard", "train", "evaluate",
+                                  "export"}
     assert not _processes_in(repo_copy)  # no server left behind
     download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
     assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())
@@ -170,7 +171,7 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
     assert rerun("download.image_size=48", f"caption.model={tiny_captioners['qwen2_vl']}",
                  "caption.served_model_name=tiny-qwen2-vl", "caption.server.max_model_len=512",
                  "caption.captions_per_image=3", "train.method=holistic") == {
-        "download", "caption", "shard", "train", "evaluate", "export"}
+        "download", "caption", "benchmarks", "shard", "train", "evaluate", "export"}
     assert _image_sizes(repo_copy / "data/raw") == {(48, 48)}
     _assert_captioned_by(repo_copy, tiny_captioners["qwen2_vl"], "tiny-qwen2-vl", fingerprints)
     caption = _metrics(repo_copy, "caption")

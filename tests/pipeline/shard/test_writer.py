@@ -446,3 +446,27 @@ def test_a_hard_file_limit_too_low_fails_before_any_work_naming_the_key(tmp_path
     done = run_with_file_limit(tmp_path, 200, 200, 2)
     assert done.returncode != 0 and "shard.samples_per_shard" in done.stderr and "hard limit is 200" in done.stderr
     assert not list((tmp_path / "out").rglob("*.tar"))
+
+
+def test_benchmark_copies_are_dropped_named_and_counted(tmp_path, inputs):
+    """Images 0 and 1 are benchmark images: image 0 (kept so far) and image 1 (its caption filtered: a leak is named
+    as such) become benchmark_duplicate, with the item and distance in the index; the workers fork after the stage
+    has checked the fingerprint folder."""
+    from pipeline.decontaminate import fingerprint
+    from pipeline.decontaminate.downloaded import Decontamination
+    from pipeline.decontaminate.index import read, write
+
+    raw, captions = inputs
+    pictures = np.stack([fingerprint.canonical(fingerprint.decode(_jpeg(i))) for i in (0, 1)])
+    write(tmp_path / "prints", pd.DataFrame({"benchmark": ["a,b", "b"], "item": ["zero.jpg", "one.jpg"]}), pictures)
+    read(tmp_path / "prints")
+    check = Decontamination(tmp_path / "prints", ShardParams().decontaminate_threshold, "keep_ratio")
+    metrics = writer.run(ShardParams(samples_per_shard=3, val_fraction=0.3, workers=2), raw, captions,
+                         tmp_path / "out", check)
+    assert (metrics["dropped_benchmark_duplicate"], metrics["dropped_filtered_caption"]) == (2, 0)
+    assert metrics["benchmark_duplicates"] == {"a": 1, "b": 2}
+    assert metrics["train"] + metrics["val"] == 7
+    index = pd.read_parquet(tmp_path / "out/index.parquet").set_index("uid")
+    copies = index[index["fate"] == "benchmark_duplicate"]
+    assert copies["benchmark_item"].to_dict() == {"uid000": "zero.jpg", "uid001": "one.jpg"}
+    assert (copies["benchmark_distance"] < 0.01).all() and index.loc["uid004", "benchmark"] is pd.NA
