@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from fixclip.cli import ArgumentParser, UserError, existing_folder, user_errors
@@ -47,7 +48,7 @@ def raw_images(raw: Path):
         with mapped(tar) as data:
             for key, (offset, size) in sorted(members.items()):
                 width, height = sizes.get(key, (None, None))
-                original = (int(width), int(height)) if width == width and width is not None else None
+                original = (int(width), int(height)) if pd.notna(width) and pd.notna(height) else None
                 yield f"{tar.stem}/{key}", bytes(data[offset:offset + size]), original
 
 
