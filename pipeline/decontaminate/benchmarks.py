@@ -41,7 +41,11 @@ def read_picture(path: str) -> np.ndarray:
 def fingerprint_benchmarks(entries, toy_dir: Path, out_dir: Path) -> dict:
     """Write the fingerprints of every image of `entries` to `out_dir`; returns the counts (the stage's metrics)."""
     items = benchmark_items(entries, toy_dir)
-    pictures = [read_picture(path) for path in tqdm(items["item"], desc="benchmarks: fingerprint", unit="img")]
+    pictures = []
+    with tqdm(total=len(items), desc="benchmarks: fingerprint", unit="img") as bar:  # closed before an error prints
+        for path in items["item"]:
+            pictures.append(read_picture(path))
+            bar.update()
     shape = (0, fingerprint.CANONICAL, fingerprint.CANONICAL, 3)
     index.write(out_dir, items, np.stack(pictures) if pictures else np.zeros(shape, np.uint8))
     per_benchmark = {entry.name: 0 for entry in entries}

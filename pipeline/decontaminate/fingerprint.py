@@ -23,7 +23,7 @@ import io
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 CANONICAL = 64  # side of the canonical picture (pixels)
 COARSE = 8  # side of the lookup thumbnail
@@ -46,6 +46,8 @@ def decode(data: bytes | memoryview) -> Image.Image:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (2 * CANONICAL, 2 * CANONICAL))  # JPEG: decode at a reduced scale where it can
             return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image format Pillow reads") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same error
         raise UnreadableImage(str(exc)) from exc
 

@@ -20,7 +20,7 @@ def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def test_an_unreadable_benchmark_image_is_named_before_any_fingerprint(tmp_path):
+def test_an_unreadable_benchmark_image_is_named_and_no_fingerprint_written(tmp_path):
     classes = tmp_path / "data/benchmarks/shapes"
     for name in ("cat", "dog"):
         (classes / name).mkdir(parents=True)
