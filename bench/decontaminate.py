@@ -88,8 +88,7 @@ def distances(index: BenchmarkIndex, pictures: list[np.ndarray], exclude: list[i
         for item in items:
             if exclude is not None and item == exclude[i]:
                 continue
-            bench = fingerprint.check_picture(np.asarray(index.pictures[item]), grey)
-            out[i] = min(out[i], fingerprint.aligned_distance(query, bench))
+            out[i] = min(out[i], index.distance(query, item, grey))
     return out
 
 
@@ -100,9 +99,7 @@ def own_distances(index: BenchmarkIndex, pictures: list[np.ndarray], owners: lis
     out = np.ones(len(pictures))
     for i, (picture, grey, items) in enumerate(zip(pictures, greys, found)):
         if owners[i] in items:
-            query = fingerprint.check_picture(picture, grey)
-            bench = fingerprint.check_picture(np.asarray(index.pictures[owners[i]]), grey)
-            out[i] = fingerprint.aligned_distance(query, bench)
+            out[i] = index.distance(fingerprint.check_picture(picture, grey), owners[i], grey)
     return out
 
 

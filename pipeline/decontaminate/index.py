@@ -123,6 +123,10 @@ class BenchmarkIndex:
                 found[row] = list(items)
         return found
 
+    def distance(self, query: np.ndarray, item: int, grey: bool) -> float:
+        """fingerprint.aligned_distance of a query's check picture to benchmark image `item`."""
+        return fingerprint.aligned_distance(query, fingerprint.check_picture(np.asarray(self.pictures[item]), grey))
+
     def match(self, pictures: list[np.ndarray], threshold: float) -> list[Match | None]:
         """Per canonical picture, its closest benchmark image within `threshold` (fingerprint.aligned_distance),
         or None."""
@@ -133,8 +137,7 @@ class BenchmarkIndex:
             best = None
             if query.std() > 1e-3:  # a flat picture has no structure to compare
                 for item in items:
-                    distance = fingerprint.aligned_distance(
-                        query, fingerprint.check_picture(np.asarray(self.pictures[item]), grey))
+                    distance = self.distance(query, item, grey)
                     if distance <= threshold and (best is None or distance < best[0]):
                         best = (distance, item)
             matches.append(None if best is None else Match(self.benchmarks[best[1]], self.names[best[1]],
