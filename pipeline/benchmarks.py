@@ -6,7 +6,6 @@ from pathlib import Path
 from fixclip.eval.benchmarks import ADAPTERS, Benchmark
 
 TOY_DIR = Path("data/toy_benchmark")  # written by the benchmarks stage, read by evaluate
-REAL_DIR = Path("data/benchmarks")  # a dep of the benchmarks stage: keep (or link) real benchmark data here
 
 
 def load_benchmark(entry, toy_dir: Path = TOY_DIR) -> Benchmark:

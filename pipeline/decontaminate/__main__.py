@@ -29,9 +29,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 BATCH = 256
 
 
-def folder_images(root: Path):
-    """(name, bytes, original size) of every image file under root, in path order."""
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+def image_files(root: Path) -> list[Path]:
+    """Every image file under root, in path order."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def folder_images(paths: list[Path]):
+    """(name, bytes, original size) of each image file."""
+    for path in paths:
         yield str(path), path.read_bytes(), None
 
 
@@ -92,8 +97,8 @@ def main(argv=None) -> int:
     decontamination = Decontamination(args.fingerprints, threshold,
                                       args.resize_mode or params.download.resize_mode)
     if args.images:
-        total = sum(1 for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        matches, counts = check(folder_images(args.images), decontamination, total)
+        paths = image_files(args.images)
+        matches, counts = check(folder_images(paths), decontamination, len(paths))
     else:
         matches, counts = check(raw_images(args.raw), decontamination, None)
     for name, match in matches:

@@ -29,6 +29,7 @@ LOOKUP_RMS = 12.0  # candidates: a descriptor within this RMS difference (0-255 
 PROBES = 16  # inverted lists a lookup scans
 FLAT_BELOW = 20_000  # descriptors under which the index is exact (flat)
 TRAIN_PER_LIST = 64  # k-means sample per list (faiss's max_points_per_centroid)
+CROPS = len(fingerprint.crop_boxes())  # lookup descriptors per benchmark image
 SEED = 1234  # k-means seed of the inverted lists (faiss's default), single-threaded: the same lists every build
 
 
@@ -86,8 +87,7 @@ def read(folder: Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]
     except (OSError, ValueError) as exc:
         raise FingerprintError(f"{folder}: no benchmark fingerprints here ({exc}); run `dvc repro benchmarks`") \
             from None
-    crops = len(fingerprint.crop_boxes())
-    if any(len(d) != len(items) * crops for d in descriptors.values()) or len(pictures) != len(items):
+    if any(len(d) != len(items) * CROPS for d in descriptors.values()) or len(pictures) != len(items):
         raise FingerprintError(f"{folder}: its files disagree on the number of benchmark images")
     return items, pictures, descriptors
 
@@ -97,7 +97,7 @@ class BenchmarkIndex:
 
     def __init__(self, folder: Path):
         self.items, self.pictures, descriptors = read(folder)
-        self.crops = len(fingerprint.crop_boxes())
+        self.crops = CROPS
         self.benchmarks = self.items["benchmark"].tolist()
         self.names = self.items["item"].tolist()
         self.searchers = {grey: _searcher(np.ascontiguousarray(descriptors[GREY if grey else COLOUR]))
