@@ -38,7 +38,7 @@ SCRIPTS = {
     "caption": (["--images", "128", "--repeats", "6"], ["--images", "32", "--repeats", "2"]),
     "shard": (["--images", "5000", "--repeats", "5", "--sizes", "64,256"], ["--images", "500", "--repeats", "2"]),
     "train": (["--steps", "40", "--warmup", "5", "--rounds", "3"], ["--steps", "12", "--warmup", "4", "--rounds", "1"]),
-    "model": (["--runs", "7", "--steps", "5"], ["--runs", "3", "--steps", "2"]),
+    "model": (["--runs", "7", "--steps", "5", "--arch", "tiny,ViT-B-16"], ["--runs", "3", "--steps", "2"]),
     "evaluate": (["--images", "500", "--repeats", "3"], ["--images", "100", "--repeats", "2"]),
 }
 NOOP, FULL = "repro-noop", "repro-full"
@@ -66,8 +66,9 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        """None when skipped; False for a failure or a failed correctness check; else the goal on ratio or time."""
-        if self.skipped:
+        """None when skipped or information only (no goal); False for a failure or a failed correctness check; else
+        the goal on ratio or time."""
+        if self.skipped or (not self.goal and not self.failure and self.ok):
             return None
         if self.failure or not self.ok:
             return False
@@ -81,6 +82,8 @@ class Row:
             return "FAILED"
         if not self.ok:
             return "no: check failed"
+        if not self.goal:
+            return "info"
         return "yes" if self.met else "no"
 
     def metrics(self) -> dict:
@@ -232,7 +235,7 @@ def table(rows: list[Row]) -> str:
     header = ("stage", "row", "ours", "anchor", "unit", "ratio", "goal", "met", "anchor is")
     lines = [header]
     for r in rows:
-        goal = f"ratio {r.goal}" if r.anchor is not None else (f"{r.goal} {r.unit}" if r.goal else "")
+        goal = "" if not r.goal else f"ratio {r.goal}" if r.anchor is not None else f"{r.goal} {r.unit}"
         name = f"{r.name}: {r.failure or r.skipped}" if r.failure or r.skipped else r.name
         lines.append((r.bench, name, _number(r.ours), _number(r.anchor), r.unit,
                       "-" if r.ratio is None else f"{r.ratio:.3f}", goal, r.verdict(), r.anchor_name))

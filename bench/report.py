@@ -4,7 +4,7 @@
                                   "goal": ">= 0.95", "ok": false (only when a correctness check failed)}, ...]}
 
 The goal is on ratio = ours / anchor, both in one unit: rates with '>= X' (images/s vs images/s; express a time as
-a rate), or e.g. MiB against a budget with '<= 1.0'.
+a rate), or e.g. MiB against a budget with '<= 1.0'. An empty goal marks a row shown for information only.
 """
 import json
 import operator
@@ -38,7 +38,8 @@ def check_row(row: dict) -> None:
         raise ValueError(f"row {row.get('name', '?')!r}: missing {', '.join(missing)}")
     if not all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool) for k in ("ours", "anchor")):
         raise ValueError(f"row {row['name']!r}: ours and anchor must be numbers")
-    parse_goal(row["goal"])
+    if row["goal"]:
+        parse_goal(row["goal"])
 
 
 def emit(bench: str, rows: list[dict]) -> None:
