@@ -1,6 +1,7 @@
 """Run every bench script with warm-up and repeats, print one table, and write metrics/bench.json.
 
     python -m bench [--only shard,train] [--quick] [--skip-full-repro]        (or: make bench BENCH_ARGS="...")
+    python -m bench --only caption --sweep     (caption images/s over concurrency x max_num_seqs, to tune a GPU)
 
 Each script runs as a subprocess of the project's python (.venv) in a fixed order with fixed arguments; its output
 streams to the terminal and its last JSON line (bench/report.py) gives the rows. Then `dvc repro` is timed twice:
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, fewer repeats, no full repro; a smoke check: metrics/bench.json untouched")
     parser.add_argument("--skip-full-repro", action="store_true", help=f"skip {FULL} (~10 min)")
+    parser.add_argument("--sweep", action="store_true", help="caption: images/s of the in_process engine over "
+                        "concurrency x max_num_seqs instead of the comparison; metrics/bench.json untouched")
     with user_errors():
         args = parser.parse_args(argv)
         benches = selected(args.only, args.quick, args.skip_full_repro)
@@ -285,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(full)
         else:
             arguments = SCRIPTS[bench][1 if args.quick else 0]
+            if bench == "caption" and args.sweep:
+                arguments = ["--sweep", "--images", "32" if args.quick else "128", "--repeats", "2"]
             rows += run_bench(bench, [str(VENV_BIN / "python"), str(REPO / "bench" / f"{bench}.py"), *arguments])
     print(f"\n{table(rows)}\n")
-    if not args.quick:
+    if not (args.quick or args.sweep):
         write_metrics(METRICS, rows, info, keep_others=args.only is not None)
         print(f"wrote {METRICS.relative_to(REPO)}")
     failed = [r.bench for r in rows if r.failure]

@@ -125,7 +125,7 @@ def vllm_fleet(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vllm_server(vllm_fleet) -> str:
     """Base URL of the session's vLLM server."""
-    return vllm_fleet.servers[0].url
+    return vllm_fleet.servers[0].endpoint
 
 
 @pytest.fixture(scope="session")

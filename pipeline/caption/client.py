@@ -1,10 +1,10 @@
-"""Async OpenAI-chat client that captions images on a set of vLLM servers.
+"""Async OpenAI-chat client that captions images on a set of vLLM servers or in-process engine workers.
 
-`concurrency` workers per server pull from one queue, so faster servers take more work. Each of the
+`concurrency` workers per server (or engine) pull from one queue, so faster servers take more work. Each of the
 `captions_per_image` captions of an image is its own request in that queue. The prompt and the sampling seed of a
 caption are functions of the image key and the caption's index, so a rerun asks exactly the same question.
-Transient errors (connection, timeout, 429, 5xx) are retried with exponential backoff; when retries run out the
-whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). A request refused as longer
+Transient errors (connection, timeout, 429, 5xx, an engine worker gone) are retried with exponential backoff; when
+retries run out the whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). A request refused as longer
 than the server's context stops the run too (`ContextLengthError`, naming `caption.server.max_model_len`): every
 image would fail alike. Other HTTP errors fail that caption only.
 """
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from pipeline.caption.context import MAX_MODEL_LEN_KEY, ContextLengthError, is_context_error
 from pipeline.caption.filters import CaptionFilter
+from pipeline.caption.fleet import EngineGone, EngineProcess
 from pipeline.params.caption import CaptionParams
 
 MIME_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -124,9 +125,19 @@ class CaptionClient:
             "seed": request_seed(sampling.seed, item.key, prompt_id),
         }
 
-    async def complete(self, url: str, body: dict) -> Completion:
-        """POST one chat completion, retrying transient failures with exponential backoff."""
+    async def answer(self, endpoint: "str | EngineProcess", body: dict) -> tuple[int, dict | str]:
+        """(status, payload) of one chat completion: the JSON response on 200, else the error text."""
+        if not isinstance(endpoint, str):
+            return await asyncio.wait_for(endpoint.chat(body), self.params.request_timeout_s)
         timeout = aiohttp.ClientTimeout(total=self.params.request_timeout_s)
+        async with self.session.post(f"{endpoint}/v1/chat/completions", json=body, timeout=timeout) as response:
+            if response.status != 200:
+                return response.status, (await response.text())[:300]
+            return 200, await response.json()
+
+    async def complete(self, endpoint: "str | EngineProcess", body: dict) -> Completion:
+        """One chat completion on a server (its URL) or an in-process engine, retrying transient failures with
+        exponential backoff."""
         last_error = ""
         for attempt in range(self.params.retries + 1):
             if attempt:
@@ -134,22 +145,21 @@ class CaptionClient:
                 delay = self.params.backoff_s * 2 ** (attempt - 1)
                 await asyncio.sleep(min(delay, self.params.backoff_max_s))
             try:
-                async with self.session.post(f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
-                    if response.status in TRANSIENT_STATUS:
-                        last_error = f"HTTP {response.status}: {(await response.text())[:300]}"
-                        continue
-                    if response.status != 200:
-                        text = (await response.text())[:300]
-                        if is_context_error(response.status, text):  # every request would fail alike: stop now
-                            raise ContextLengthError(
-                                f"{MAX_MODEL_LEN_KEY}: the server refused a request as longer than its context "
-                                f"(HTTP 400: {' '.join(text.split())}); image tokens + prompt + "
-                                f"caption.sampling.max_tokens must fit")
-                        raise PermanentRequestError(f"HTTP {response.status}: {text}")
-                    payload = await response.json()
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as err:
+                status, payload = await self.answer(endpoint, body)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError,
+                    EngineGone) as err:
                 last_error = f"{type(err).__name__}: {err}"
                 continue
+            if status in TRANSIENT_STATUS:
+                last_error = f"HTTP {status}: {payload}"
+                continue
+            if status != 200:
+                if is_context_error(status, payload):  # every request would fail alike: stop now
+                    raise ContextLengthError(
+                        f"{MAX_MODEL_LEN_KEY}: the server refused a request as longer than its context "
+                        f"(HTTP 400: {' '.join(payload.split())}); image tokens + prompt + "
+                        f"caption.sampling.max_tokens must fit")
+                raise PermanentRequestError(f"HTTP {status}: {payload}")
             choice = payload["choices"][0]
             usage = payload.get("usage") or {}
             return Completion(
@@ -157,14 +167,16 @@ class CaptionClient:
                 finish_reason=choice.get("finish_reason"),
                 tokens=int(usage.get("completion_tokens", 0)),
             )
-        raise CaptionServiceError(f"{url}: gave up after {self.params.retries + 1} attempts; last error: {last_error}")
+        raise CaptionServiceError(
+            f"{endpoint}: gave up after {self.params.retries + 1} attempts; last error: {last_error}")
 
-    async def caption(self, url: str, item: ImageItem, caption_index: int) -> tuple[CaptionResult, int]:
+    async def caption(self, endpoint: "str | EngineProcess", item: ImageItem,
+                      caption_index: int) -> tuple[CaptionResult, int]:
         """Write caption `caption_index` of one image; returns it and the tokens generated for it (all attempts)."""
         generated = 0
         for prompt_id in caption_prompt_ids(self.params, item.key, caption_index):
             try:
-                completion = await self.complete(url, self.request_body(item, prompt_id))
+                completion = await self.complete(endpoint, self.request_body(item, prompt_id))
             except PermanentRequestError as err:
                 tqdm.write(f"caption: {item.shard}/{item.key} #{caption_index} failed: {err}")
                 return CaptionResult(item.shard, item.key, caption_index, "", prompt_id, None, 0, "failed"), generated
@@ -179,7 +191,7 @@ class CaptionClient:
 
 async def caption_stream(
     params: CaptionParams,
-    endpoints: list[str],
+    endpoints: "list[str | EngineProcess]",
     items: AsyncIterator[ImageItem],
     total: int,
     on_result: Callable[[CaptionResult], Awaitable[None]],
@@ -187,7 +199,7 @@ async def caption_stream(
     """Write `captions_per_image` captions of every item (`total` of them) on the endpoints; calls `on_result` once
     per caption. Returns request counters."""
     queue: asyncio.Queue[tuple[ImageItem, int] | None] = asyncio.Queue(maxsize=4 * params.concurrency * len(endpoints))
-    workers = [url for url in endpoints for _ in range(params.concurrency)]
+    workers = [endpoint for endpoint in endpoints for _ in range(params.concurrency)]
     connector = aiohttp.TCPConnector(limit=len(workers))
     started = time.monotonic()
     tokens = 0
@@ -196,10 +208,10 @@ async def caption_stream(
     async with aiohttp.ClientSession(connector=connector) as session:
         client = CaptionClient(params, session)
 
-        async def worker(url: str) -> None:
+        async def worker(endpoint: "str | EngineProcess") -> None:
             nonlocal tokens
             while (request := await queue.get()) is not None:
-                result, generated = await client.caption(url, *request)
+                result, generated = await client.caption(endpoint, *request)
                 tokens += generated
                 await on_result(result)
                 bar.update(1)
@@ -215,8 +227,8 @@ async def caption_stream(
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(feed())
-                for url in workers:
-                    group.create_task(worker(url))
+                for endpoint in workers:
+                    group.create_task(worker(endpoint))
         except* (CaptionServiceError, ContextLengthError) as errors:
             raise errors.exceptions[0] from None
         finally:

@@ -1,10 +1,13 @@
-"""Start N OpenAI-compatible vLLM servers (or adopt given endpoints) and always stop what was started.
+"""Start N OpenAI-compatible vLLM servers (or adopt given endpoints), or N in-process engine workers
+(`caption.engine: in_process`), and always stop what was started.
 
-Each server runs in its own process group with the vLLM environment's interpreter, binds `host` on a free port,
-logs to `log_dir/vllm-<i>.log`, and gets its own `CUDA_VISIBLE_DEVICES` when GPUs are listed. Stopping sends
+Each server or engine worker runs in its own process group with the vLLM environment's interpreter,
+logs to `log_dir/vllm-<i>.log` (a server binds `host` on a free port; an engine worker speaks JSON lines over its
+stdin/stdout, see engine_worker.py), and gets its own `CUDA_VISIBLE_DEVICES` when GPUs are listed. Stopping sends
 SIGTERM to the group, then SIGKILL after a grace period; SIGTERM to this process is turned into SystemExit so that
 the context manager's exit runs, and on Linux the server is also told to die with its parent.
 """
+import asyncio
 import contextlib
 import json
 import os
@@ -22,6 +25,7 @@ from pathlib import Path
 from pipeline.params.caption import CaptionParams
 
 STOP_GRACE_S = 15.0
+ENGINE_WORKER = Path(__file__).with_name("engine_worker.py")
 POLL_S = 0.5
 LOG_TAIL_LINES = 40
 
@@ -30,11 +34,85 @@ class FleetError(RuntimeError):
     """A server could not be started or an endpoint cannot be reached."""
 
 
+class EngineGone(ConnectionError):
+    """The engine worker ended (killed or crashed) with requests in flight, or before a request was sent."""
+
+
+class EngineProcess:
+    """A started engine worker. `await chat(body)` sends one chat completion body and returns (status, payload) as a
+    server's HTTP answer would: (200, the OpenAI response) or (400, the engine's refusal)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.ready = threading.Event()
+        self._lock, self._write_lock = threading.Lock(), threading.Lock()
+        self._next_id = 0
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._gone = False
+        threading.Thread(target=self._read, name=f"engine-{process.pid}", daemon=True).start()
+
+    def __str__(self) -> str:
+        return f"engine worker (pid {self.process.pid})"
+
+    async def chat(self, body: dict) -> tuple[int, dict | str]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self._gone:
+                raise EngineGone(f"{self} has exited")
+            request_id, self._next_id = self._next_id, self._next_id + 1
+            self._waiting[request_id] = (loop, future)
+        try:
+            await asyncio.to_thread(self._send, json.dumps({"id": request_id, "body": body}) + "\n")
+            answer = await future
+        finally:
+            with self._lock:
+                self._waiting.pop(request_id, None)
+        return answer["status"], answer["body"]
+
+    def _send(self, line: str) -> None:
+        try:
+            with self._write_lock:
+                self.process.stdin.write(line)
+                self.process.stdin.flush()
+        except (BrokenPipeError, ValueError) as err:  # ValueError: stdin already closed
+            raise EngineGone(f"{self} has exited") from err
+
+    def _read(self) -> None:
+        """Thread: hand each answer to the request waiting for it; at end of output fail whatever still waits."""
+        for line in self.process.stdout:
+            answer = json.loads(line)
+            if answer.get("ready"):
+                self.ready.set()
+                continue
+            with self._lock:
+                waiter = self._waiting.pop(answer["id"], None)
+            if waiter:
+                _settle(*waiter, answer)
+        with self._lock:
+            self._gone, waiting, self._waiting = True, self._waiting, {}
+        for loop, future in waiting.values():
+            _settle(loop, future, EngineGone(f"{self} exited with requests in flight"))
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: dict | BaseException) -> None:
+    def settle() -> None:
+        if not future.done():
+            future.set_exception(outcome) if isinstance(outcome, BaseException) else future.set_result(outcome)
+    with contextlib.suppress(RuntimeError):  # the request's event loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
+
+
 @dataclass
 class Server:
-    url: str
+    """A started server (its base URL) or engine worker (its EngineProcess): `endpoint` is what the client sends to."""
+
+    endpoint: "str | EngineProcess"
     process: subprocess.Popen
     log_path: Path
+
+    def healthy(self) -> bool:
+        return is_healthy(self.endpoint) if isinstance(self.endpoint, str) else self.endpoint.ready.is_set()
 
 
 def free_port(host: str) -> int:
@@ -64,34 +142,48 @@ def looks_like_path(model: str) -> bool:
     return model.startswith((".", "~", "/")) or len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
 
 
-def server_command(params: CaptionParams, python: str, model: str, port: int) -> list[str]:
+def engine_flags(params: CaptionParams, model: str) -> list[str]:
+    """The vLLM engine flags shared by a server and an in-process engine worker (vLLM's EngineArgs parses both)."""
     opts = params.server
     cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model,
         "--served-model-name", params.served_model_name,
-        "--host", params.host,
-        "--port", str(port),
         "--dtype", opts.dtype,
         "--max-model-len", str(opts.max_model_len),
         "--tensor-parallel-size", str(opts.tensor_parallel_size),
         "--limit-mm-per-prompt", json.dumps(opts.limit_mm_per_prompt),
     ]
-    if opts.max_num_seqs is not None:
-        cmd += ["--max-num-seqs", str(opts.max_num_seqs)]
-    if opts.kv_cache_memory_bytes is not None:
-        cmd += ["--kv-cache-memory-bytes", str(opts.kv_cache_memory_bytes)]
-    if opts.gpu_memory_utilization is not None:
-        cmd += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+    for flag, value in [("--max-num-seqs", opts.max_num_seqs), ("--max-num-batched-tokens", opts.max_num_batched_tokens),
+                        ("--kv-cache-memory-bytes", opts.kv_cache_memory_bytes),
+                        ("--gpu-memory-utilization", opts.gpu_memory_utilization),
+                        ("--mm-processor-cache-gb", opts.mm_processor_cache_gb)]:
+        if value is not None:
+            cmd += [flag, str(value)]
     if opts.enforce_eager:
         cmd.append("--enforce-eager")
     if opts.enable_chunked_prefill is not None:  # False on CPU: see ServerOptions.enable_chunked_prefill
         cmd.append("--enable-chunked-prefill" if opts.enable_chunked_prefill else "--no-enable-chunked-prefill")
-    if opts.chat_template:
-        cmd += ["--chat-template", str(Path(opts.chat_template).absolute())]
     if opts.mm_processor_kwargs:
         cmd += ["--mm-processor-kwargs", json.dumps(opts.mm_processor_kwargs)]
     return cmd + list(opts.extra_args)
+
+
+def server_command(params: CaptionParams, python: str, model: str, port: int) -> list[str]:
+    opts = params.server
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--host", params.host, "--port", str(port)]
+    if opts.api_server_count is not None:
+        cmd += ["--api-server-count", str(opts.api_server_count)]
+    if opts.chat_template:
+        cmd += ["--chat-template", str(Path(opts.chat_template).absolute())]
+    return cmd + engine_flags(params, model)
+
+
+def engine_command(params: CaptionParams, python: str, model: str) -> list[str]:
+    """An in-process engine worker (caption.engine: in_process): pipeline/caption/engine_worker.py."""
+    cmd = [python, str(ENGINE_WORKER)]
+    if params.server.chat_template:
+        cmd += ["--chat-template", str(Path(params.server.chat_template).absolute())]
+    return cmd + ["--"] + engine_flags(params, model)
 
 
 def die_with_parent() -> None:
@@ -128,7 +220,7 @@ class VllmFleet:
         self._lock = threading.Lock()
         self._stopped = False
 
-    def __enter__(self) -> list[str]:
+    def __enter__(self) -> "list[str | EngineProcess]":
         if self.params.endpoints:
             return self._check_endpoints()
         self._trap_sigterm()
@@ -138,7 +230,7 @@ class VllmFleet:
         except BaseException:
             self.stop()
             raise
-        return [server.url for server in self.servers]
+        return [server.endpoint for server in self.servers]
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -190,21 +282,26 @@ class VllmFleet:
             env["HF_HUB_OFFLINE"] = "1"
         tp = self.params.server.tensor_parallel_size
         for i in range(self.params.num_servers):
-            port = free_port(self.params.host)
             server_env = dict(env)
             if self.params.gpus:
                 server_env["CUDA_VISIBLE_DEVICES"] = ",".join(self.params.gpus[i * tp:(i + 1) * tp])
+            if self.params.server.batch_invariant:
+                server_env["VLLM_BATCH_INVARIANT"] = "1"
             log_path = self.log_dir / f"vllm-{i}.log"
+            in_process = self.params.engine == "in_process"
             with self._lock, open(log_path, "wb") as log:
                 if self._stopped:
                     raise FleetError("the fleet was stopped while its servers were starting")
+                command = engine_command(self.params, python, model) if in_process else server_command(
+                    self.params, python, model, port := free_port(self.params.host))
                 process = subprocess.Popen(
-                    server_command(self.params, python, model, port),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=server_env,
-                    start_new_session=True,
+                    command, stdin=subprocess.PIPE if in_process else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if in_process else log, stderr=log if in_process else subprocess.STDOUT,
+                    text=in_process, env=server_env, start_new_session=True,
                     preexec_fn=die_with_parent if sys.platform == "linux" else None,
                 )
-                self.servers.append(Server(f"http://{self.params.host}:{port}", process, log_path))
+                endpoint = EngineProcess(process) if in_process else f"http://{self.params.host}:{port}"
+                self.servers.append(Server(endpoint, process, log_path))
 
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + self.params.startup_timeout_s
@@ -217,10 +314,10 @@ class VllmFleet:
                         f"vLLM server for caption.model={self.params.model!r} exited with code {code} before "
                         f"becoming healthy; log {server.log_path}:\n{log_tail(server.log_path)}"
                     )
-            pending = [server for server in pending if not is_healthy(server.url)]
+            pending = [server for server in pending if not server.healthy()]
             if pending and time.monotonic() > deadline:
                 raise FleetError(
-                    f"vLLM server(s) {[s.url for s in pending]} not healthy within {self.params.startup_timeout_s:g} s "
+                    f"vLLM server(s) {[str(s.endpoint) for s in pending]} not healthy within {self.params.startup_timeout_s:g} s "
                     f"(caption.startup_timeout_s); log {pending[0].log_path}:\n{log_tail(pending[0].log_path)}"
                 )
             if pending:

@@ -69,7 +69,7 @@ class CaptionWorker:
         if params.ray.gpus_per_worker:  # the GPUs Ray gave this actor, split among its servers by the fleet
             params = params.model_copy(update={"gpus": ray.get_runtime_context().get_accelerator_ids()["GPU"]})
         self.params, self.fleet = params, VllmFleet(params, Path(log_dir))
-        self.endpoints: list[str] = []
+        self.endpoints: list = []  # server URLs or EngineProcess workers
 
     def node(self) -> str:
         """The id of the Ray node this worker was placed on (asked before `start`, so answered at once)."""

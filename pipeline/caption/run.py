@@ -68,7 +68,7 @@ def prepare_out_dir(out_dir: Path, stamp: dict, shards: set[str]) -> None:
 
 
 async def caption_shards(
-    params: CaptionParams, endpoints: list[str], todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path,
+    params: CaptionParams, endpoints: list, todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path,
     record: RunRecord,
 ) -> dict:
     pending: dict[str, list[CaptionResult]] = {shard: [] for shard in todo}

@@ -16,7 +16,7 @@ DEFAULT_REFUSALS = [
 
 
 class ServerOptions(Section):
-    """Flags passed to every vLLM server the stage starts (`None` leaves vLLM's own default)."""
+    """Flags passed to every vLLM server or in-process engine the stage starts (`None` leaves vLLM's own default)."""
 
     dtype: str = "auto"
     max_model_len: int = Field(512, gt=0)
@@ -24,6 +24,7 @@ class ServerOptions(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     limit_mm_per_prompt: dict[str, int] = {"image": 1}
     max_num_seqs: int | None = Field(16, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step (prefill chunks included)
     kv_cache_memory_bytes: int | None = Field(268_435_456, gt=0)
     enforce_eager: bool = True
     # False: --no-enable-chunked-prefill. vLLM's CPU engine dies (`CPU Generator does not use offset`) when a seeded
@@ -31,7 +32,16 @@ class ServerOptions(Section):
     enable_chunked_prefill: bool | None = False
     chat_template: str | None = None  # a .jinja file for a model without its own template (None: the model's)
     mm_processor_kwargs: dict = {}  # the model's HF processor settings, e.g. Qwen2-VL's {max_pixels: 200704}
-    extra_args: list[str] = []
+    # The multimodal processor's cache of preprocessed images: 0 turns it off. Captioning sees every image once
+    # (twice at most, when a rejected caption is retried with another prompt), so the cache only costs memory.
+    mm_processor_cache_gb: float | None = Field(0, ge=0)
+    # API server processes per server (server engine only): they share image preprocessing, which runs in the API
+    # server and can bound a GPU's throughput for VLMs (vLLM docs, "Optimization and Tuning"). None: vLLM's default.
+    api_server_count: int | None = Field(None, ge=1)
+    # VLLM_BATCH_INVARIANT=1: results that do not depend on what else is in the batch, so reruns give the same
+    # captions byte for byte; NVIDIA GPUs only in vLLM 0.32, and slower (docs/pipeline.md, "Captioning with an MLLM").
+    batch_invariant: bool = False
+    extra_args: list[str] = []  # any other vLLM flag; in_process takes engine flags only (no --host, --port, ...)
 
     @field_validator("chat_template")
     @classmethod
@@ -98,6 +108,9 @@ class CaptionParams(Section):
     model: str = "assets/tiny_llava/model"
     served_model_name: str = "tiny-llava"
     python: str = ".venv-vllm/bin/python"
+    # server: OpenAI-compatible vLLM servers (started here, or `endpoints`); in_process: vLLM's engine in worker
+    # processes of the vLLM environment, fed over a pipe without the HTTP front end (no endpoints).
+    engine: Literal["server", "in_process"] = "server"
     num_servers: int = Field(1, ge=1)
     gpus: list[str] = []
     endpoints: list[str] = []
@@ -134,6 +147,15 @@ class CaptionParams(Section):
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ValueError(f"endpoints[{i}] {url!r} is not an http(s) base URL such as http://host:8000")
         return [url.rstrip("/") for url in endpoints]
+
+    @model_validator(mode="after")
+    def engines_of_endpoints(self) -> "CaptionParams":
+        if self.engine == "in_process" and self.endpoints:
+            raise ValueError("engine: in_process starts its own engines; running servers in endpoints need "
+                             "engine: server")
+        if self.engine == "in_process" and self.server.api_server_count is not None:
+            raise ValueError("server.api_server_count: API servers exist with engine: server only")
+        return self
 
     @model_validator(mode="after")
     def enough_prompts(self) -> "CaptionParams":
