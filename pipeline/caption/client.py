@@ -11,11 +11,13 @@ image would fail alike. Other HTTP errors fail that caption only.
 import asyncio
 import base64
 import hashlib
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.caption.context import MAX_MODEL_LEN_KEY, ContextLengthError, is_context_error
@@ -96,6 +98,24 @@ def request_seed(seed: int, key: str, prompt_id: int) -> int:
     return stable_int("seed", seed, key, prompt_id) % (2**31 - 1)
 
 
+def shrunk(data: bytes, extension: str, max_side: int | None) -> tuple[bytes, str]:
+    """(data, extension) of the image to send: re-encoded as JPEG at most max_side pixels on its longer side when it
+    is larger (caption.max_image_side), else as it is (also when it does not decode: the server answers that)."""
+    if max_side is None:
+        return data, extension
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max(image.size) <= max_side:
+                return data, extension
+            scale = max_side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            buffer = io.BytesIO()
+            image.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=95)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return data, extension
+    return buffer.getvalue(), "jpg"
+
+
 def data_url(data: bytes, extension: str) -> str:
     mime = MIME_TYPES.get(extension.lower(), "application/octet-stream")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
@@ -111,6 +131,7 @@ class CaptionClient:
         self.transient_retries = 0
 
     def request_body(self, item: ImageItem, prompt_id: int) -> dict:
+        """The chat completion body; `item` holds the image as it is sent (see `shrunk`)."""
         sampling = self.params.sampling
         content = [
             {"type": "image_url", "image_url": {"url": data_url(item.data, item.extension)}},
@@ -174,6 +195,9 @@ class CaptionClient:
                       caption_index: int) -> tuple[CaptionResult, int]:
         """Write caption `caption_index` of one image; returns it and the tokens generated for it (all attempts)."""
         generated = 0
+        if self.params.max_image_side is not None:  # decoding is CPU work: off the event loop
+            data, extension = await asyncio.to_thread(shrunk, item.data, item.extension, self.params.max_image_side)
+            item = ImageItem(item.shard, item.key, data, extension)
         for prompt_id in caption_prompt_ids(self.params, item.key, caption_index):
             try:
                 completion = await self.complete(endpoint, self.request_body(item, prompt_id))

@@ -70,8 +70,9 @@ def check_context(params: CaptionParams, image_size: int | None) -> str:
         return "caption: context check skipped (caption.endpoints: the servers' max_model_len is theirs)"
     if not Path(params.model).expanduser().is_dir():
         return f"caption: context check skipped (caption.model {params.model} is not a local folder)"
-    if image_size is None:
+    if image_size is None and params.max_image_side is None:
         return "caption: context check skipped (download.resize_mode: no keeps every image's own size)"
+    image_size = min(side for side in (image_size, params.max_image_side) if side is not None)
     size = count_request_tokens(params, image_size)
     limit = params.server.max_model_len
     if size.total > limit:

@@ -144,3 +144,24 @@ def test_caption_stage_fails_before_work_on_too_many_captions(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "caption.captions_per_image:" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_max_image_side_shrinks_only_larger_images_keeping_their_aspect():
+    import io
+
+    from PIL import Image
+
+    from pipeline.caption.client import shrunk
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGBA", (width, height), (10, 200, 30, 255)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    large, small = png(400, 200), png(40, 20)
+    data, extension = shrunk(large, "png", 100)
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.size, extension) == ("JPEG", (100, 50), "jpg")
+    assert shrunk(small, "png", 100) == (small, "png")
+    assert shrunk(large, "png", None) == (large, "png")
+    assert shrunk(b"not an image", "jpg", 100) == (b"not an image", "jpg"), "the server names what fails to decode"

@@ -54,3 +54,24 @@ def test_request_shaping_options_enter_the_fingerprint_only_when_set(tmp_path):
 def test_missing_chat_template_file_names_the_key(tmp_path):
     with pytest.raises(ParamsError, match="caption.server.chat_template: .* is not a file"):
         parse_params(caption(server={"chat_template": str(tmp_path / "none.jinja")}))
+
+
+def test_engine_mode_and_gpu_knobs_stay_out_of_the_fingerprint_and_max_image_side_enters_it():
+    """Switching engine or tuning throughput keeps finished captions; sending smaller images does not."""
+    default = parse_params({}).caption.content_fingerprint()
+    tuned = parse_params(caption(engine="in_process", server={
+        "max_num_batched_tokens": 8192, "mm_processor_cache_gb": 4, "batch_invariant": True})).caption
+    assert tuned.content_fingerprint() == default
+    assert parse_params(caption(max_image_side=448)).caption.content_fingerprint() == default | {"max_image_side": 448}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (caption(engine="in_process", endpoints=["http://h:8000"]), "caption.engine: in_process starts its own engines"),
+    (caption(engine="in_process", server={"api_server_count": 2}), "caption.server.api_server_count: API servers exist with"),
+    (caption(engine="offline"), "caption.engine: input should be 'server' or 'in_process'"),
+    (caption(max_image_side=8), "caption.max_image_side: input should be greater than or equal to 16"),
+])
+def test_bad_engine_params_name_the_key(raw, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    assert message in str(info.value)
