@@ -250,7 +250,8 @@ def main() -> None:
     from pipeline.params.caption import CaptionParams
     from pipeline.caption.fleet import VllmFleet
 
-    params = CaptionParams(model=str(REPO / "assets/tiny_llava/model"), python=str(REPO / ".venv-vllm/bin/python"))
+    params = CaptionParams(model=str(REPO / "assets/tiny_llava/model"), python=str(REPO / ".venv-vllm/bin/python"),
+                           engine="server")
     if args.concurrency:
         params = params.model_copy(update={"concurrency": args.concurrency})
     if args.max_num_seqs:

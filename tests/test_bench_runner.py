@@ -81,3 +81,16 @@ def test_unknown_bench_name_is_refused_naming_the_known_ones(capsys):
 
 def test_a_bad_argument_is_one_line(capsys):
     assert_user_error(capsys, lambda: main(["--quick", "--repeats", "3"]), "unrecognized arguments: --repeats 3")
+
+
+def test_a_row_without_a_goal_is_information_not_a_verdict(tmp_path):
+    body = """
+        import json
+        row = {"name": "shown", "ours": 1.0, "anchor": 4.0, "anchor_name": "a", "unit": "MiB/s", "goal": ""}
+        print(json.dumps({"bench": "fake", "rows": [row]}))
+    """
+    [row] = run_bench("fake", script(tmp_path, "info", body), cwd=tmp_path)
+    assert (row.ratio, row.met, row.verdict(), row.failure) == (0.25, None, "info", "")
+    assert "met" not in row.metrics() and row.metrics()["ratio"] == 0.25
+    line = table([row]).splitlines()[-1]
+    assert "0.250" in line and "info" in line and "ratio" not in line

@@ -29,6 +29,7 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "pink", "black"
 def tiny_params(**overrides) -> CaptionParams:
     """Caption params for tests: the tiny LLaVA, absolute paths, short (kept) answers, quick retries."""
     values = {
+        "engine": "server",  # the session's server (vllm_server) is shared; tests of in_process ask for it
         "model": str(TINY_LLAVA),
         "python": str(VLLM_PYTHON),
         "startup_timeout_s": 240,

@@ -108,9 +108,9 @@ class CaptionParams(Section):
     model: str = "assets/tiny_llava/model"
     served_model_name: str = "tiny-llava"
     python: str = ".venv-vllm/bin/python"
-    # server: OpenAI-compatible vLLM servers (started here, or `endpoints`); in_process: vLLM's engine in worker
-    # processes of the vLLM environment, fed over a pipe without the HTTP front end (no endpoints).
-    engine: Literal["server", "in_process"] = "server"
+    # in_process: vLLM's engine in worker processes of the vLLM environment, fed over a pipe without the HTTP front
+    # end (at the offline engine's rate); server: OpenAI-compatible vLLM servers (started here, or `endpoints`).
+    engine: Literal["in_process", "server"] = "in_process"
     num_servers: int = Field(1, ge=1)
     gpus: list[str] = []
     endpoints: list[str] = []
@@ -153,15 +153,6 @@ class CaptionParams(Section):
         return [url.rstrip("/") for url in endpoints]
 
     @model_validator(mode="after")
-    def engines_of_endpoints(self) -> "CaptionParams":
-        if self.engine == "in_process" and self.endpoints:
-            raise ValueError("engine: in_process starts its own engines; running servers in endpoints need "
-                             "engine: server")
-        if self.engine == "in_process" and self.server.api_server_count is not None:
-            raise ValueError("server.api_server_count: API servers exist with engine: server only")
-        return self
-
-    @model_validator(mode="after")
     def enough_prompts(self) -> "CaptionParams":
         if self.captions_per_image > len(self.prompts):
             raise ValueError(
@@ -195,6 +186,15 @@ class CaptionParams(Section):
                 f"ray.gpus_per_worker: {self.ray.gpus_per_worker}, but each worker's num_servers "
                 f"({self.num_servers}) x server.tensor_parallel_size ({self.server.tensor_parallel_size}) = {needed}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def engines_of_endpoints(self) -> "CaptionParams":
+        if self.engine == "in_process" and self.endpoints:
+            raise ValueError("engine: in_process starts its own engines; running servers in endpoints need "
+                             "engine: server")
+        if self.engine == "in_process" and self.server.api_server_count is not None:
+            raise ValueError("server.api_server_count: API servers exist with engine: server only")
         return self
 
     def content_fingerprint(self) -> dict:

@@ -68,7 +68,7 @@ def test_engine_mode_and_gpu_knobs_stay_out_of_the_fingerprint_and_max_image_sid
 @pytest.mark.parametrize("raw, message", [
     (caption(engine="in_process", endpoints=["http://h:8000"]), "caption.engine: in_process starts its own engines"),
     (caption(engine="in_process", server={"api_server_count": 2}), "caption.server.api_server_count: API servers exist with"),
-    (caption(engine="offline"), "caption.engine: input should be 'server' or 'in_process'"),
+    (caption(engine="offline"), "caption.engine: input should be 'in_process' or 'server'"),
     (caption(max_image_side=8), "caption.max_image_side: input should be greater than or equal to 16"),
 ])
 def test_bad_engine_params_name_the_key(raw, message):
