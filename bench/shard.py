@@ -15,6 +15,8 @@ tars, check every image, join captions, write deterministic shards; decontaminat
                                                                                                    goal >= 2.0x
   tar cf of the members     `tar cf` of the stage's members (image, long.txt, short.txt, json per sample) as loose
                             files: tar doing the same writing, without reading, checking or joining. goal >= 0.8x
+                            with the header check; with `decode` information only, as tar decodes nothing and
+                            Pillow's decoding is most of the stage's time
   tar cf of the images      `tar cf` of the JPEG files alone: information, no goal.
 All rates count image bytes (MiB/s). Runs alternate after one warm-up each.
 
@@ -239,7 +241,7 @@ def measure(size: int, images: int, repeats: int) -> list[dict]:
         per_image = (statistics.median(tar_s) - tar_fixed) / (statistics.median(times) - fixed)
         print(f"  shard stage, check_images={check}, workers={workers}: {ours:8.1f} MiB/s  vs ShardWriter "
               f"{ours / anchor_rate[check]:.3f} (goal >= 2.0)  vs tar cf of the members {ours / members_rate:.3f} "
-              f"(goal >= 0.8)  vs tar cf of the images {ours / tar_rate:.3f}  runs: {runs(times)}")
+              f"{'(goal >= 0.8)' if check == 'header' else '(no goal)'}  vs tar cf of the images {ours / tar_rate:.3f}  runs: {runs(times)}")
         print(f"    fixed cost per run {fixed * 1000:.0f} ms (tar cf {tar_fixed * 1000:.0f} ms); without it, "
               f"ratio vs tar cf of the images {per_image:.3f}")
         name = f"shard {size}px, check {check}, {workers} worker{'s' * (workers > 1)}"
@@ -248,7 +250,7 @@ def measure(size: int, images: int, repeats: int) -> list[dict]:
              "anchor_name": f"webdataset ShardWriter script, {check} check", "unit": "MiB/s", "goal": ">= 2.0",
              **({} if same[check] else {"ok": False})},
             {"name": f"{name} vs tar, same members", "ours": ours, "anchor": members_rate,
-             "anchor_name": "tar cf of the members", "unit": "MiB/s", "goal": ">= 0.8"},
+             "anchor_name": "tar cf of the members", "unit": "MiB/s", "goal": ">= 0.8" if check == "header" else ""},
             {"name": f"{name} vs tar, images", "ours": ours, "anchor": tar_rate, "anchor_name": "tar cf of the images",
              "unit": "MiB/s", "goal": ""},
         ]
