@@ -22,10 +22,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.caption import engine_worker
 from pipeline.params.caption import CaptionParams
 
 STOP_GRACE_S = 15.0
-ENGINE_WORKER = Path(__file__).with_name("engine_worker.py")
+ENGINE_WORKER = Path(engine_worker.__file__)  # run with caption.python; imports only the standard library here
 POLL_S = 0.5
 LOG_TAIL_LINES = 40
 
