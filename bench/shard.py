@@ -241,7 +241,8 @@ def measure(size: int, images: int, repeats: int) -> list[dict]:
         per_image = (statistics.median(tar_s) - tar_fixed) / (statistics.median(times) - fixed)
         print(f"  shard stage, check_images={check}, workers={workers}: {ours:8.1f} MiB/s  vs ShardWriter "
               f"{ours / anchor_rate[check]:.3f} (goal >= 2.0)  vs tar cf of the members {ours / members_rate:.3f} "
-              f"{'(goal >= 0.8)' if check == 'header' else '(no goal)'}  vs tar cf of the images {ours / tar_rate:.3f}  runs: {runs(times)}")
+              f"{'(goal >= 0.8)' if check == 'header' else '(no goal)'}  vs tar cf of the images "
+              f"{ours / tar_rate:.3f}  runs: {runs(times)}")
         print(f"    fixed cost per run {fixed * 1000:.0f} ms (tar cf {tar_fixed * 1000:.0f} ms); without it, "
               f"ratio vs tar cf of the images {per_image:.3f}")
         name = f"shard {size}px, check {check}, {workers} worker{'s' * (workers > 1)}"

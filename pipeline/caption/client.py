@@ -4,9 +4,10 @@
 `captions_per_image` captions of an image is its own request in that queue. The prompt and the sampling seed of a
 caption are functions of the image key and the caption's index, so a rerun asks exactly the same question.
 Transient errors (connection, timeout, 429, 5xx, an engine worker gone) are retried with exponential backoff; when
-retries run out the whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). A request refused as longer
-than the server's context stops the run too (`ContextLengthError`, naming `caption.server.max_model_len`): every
-image would fail alike. Other HTTP errors fail that caption only.
+retries run out the whole run stops with `CaptionServiceError` (finished shards are kept, a rerun resumes). A
+request refused as longer than the server's context stops the run too (`ContextLengthError`, naming
+`caption.server.max_model_len`): every image would fail alike. Other HTTP errors (an engine's refusals alike) fail
+that caption only.
 """
 import asyncio
 import base64

@@ -14,8 +14,9 @@ from pipeline.params import ParamsError
 from pipeline.params.caption import CaptionParams
 
 MAX_MODEL_LEN_KEY = "caption.server.max_model_len"
-# vLLM's own words for a request over the context (vllm/renderers/params.py, entrypoints/serve/utils/api_utils.py)
-CONTEXT_ERRORS = ("maximum context length", "context length")
+# vLLM's own words for a request over the context (vllm/renderers/params.py, entrypoints/serve/utils/api_utils.py;
+# the in-process engine's: vllm/v1/engine/input_processor.py, "longer than the maximum model length")
+CONTEXT_ERRORS = ("maximum context length", "context length", "maximum model length")
 
 
 class ContextLengthError(ParamsError):

@@ -7,8 +7,9 @@ EngineArgs parser), the same OpenAI chat messages, but no HTTP front end: reques
 `{"id": n, "body": <chat completion body>}` and are rendered and queued with `LLM.enqueue_chat`, the engine is
 stepped as `LLM.generate` steps it (continuous batching over everything queued), and each finished request is
 answered with `{"id": n, "status": 200, "body": <the OpenAI chat response's choices and usage>}`, or status 400
-and the engine's message for a request it refuses (what the server would answer over HTTP). The first line out is `{"ready": true}`. End of stdin ends the
-worker once nothing is left in flight. Runs with the standard library and vLLM only (not the project's env).
+and the engine's message for a request it refuses (what the server would answer over HTTP). The first line out is
+`{"ready": true}`. End of stdin ends the worker once nothing is left in flight. Runs with the standard library and
+vLLM only (not the project's env).
 """
 import argparse
 import json
@@ -21,6 +22,7 @@ END = None
 # Answers go to the stdout the parent reads; everything else written to fd 1 (vLLM logs there, and so may the
 # engine's child processes) goes to stderr, the worker's log. Set in main() before vLLM is imported.
 ANSWERS = sys.stdout
+REFUSED: tuple = ()  # the errors of one request (set in serve() once vLLM is imported)
 
 
 def read_requests(inbox: queue.Queue) -> None:
@@ -69,6 +71,10 @@ def output_id(engine_id: str) -> str:
 
 def serve(llm, chat_template: str | None) -> None:
     """Queue what arrives, step the engine while anything is in flight, answer each finished request."""
+    global REFUSED
+    from vllm.exceptions import VLLMClientError  # e.g. VLLMValidationError: a prompt over max_model_len
+
+    REFUSED = (ValueError, TypeError, OSError, VLLMClientError)
     engine = llm.llm_engine
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=read_requests, args=(inbox,), daemon=True).start()
@@ -90,7 +96,7 @@ def serve(llm, chat_template: str | None) -> None:
             try:
                 [request_id] = llm.enqueue_chat([body["messages"]], [sampling_params(body)], use_tqdm=False,
                                                 chat_template=chat_template)
-            except (ValueError, TypeError, OSError) as err:  # a request the engine refuses, as the server's HTTP 400
+            except REFUSED as err:  # a request the engine refuses (a bad image, too long): the server's HTTP 400
                 answer({"id": message["id"], "status": 400, "body": f"{type(err).__name__}: {err}"})
                 continue
             ids[output_id(request_id)] = message["id"]
@@ -98,9 +104,9 @@ def serve(llm, chat_template: str | None) -> None:
             for output in engine.step():
                 if output.finished:
                     completion = output.outputs[0]
+                    choice = {"message": {"content": completion.text}, "finish_reason": completion.finish_reason}
                     answer({"id": ids.pop(output.request_id), "status": 200, "body": {
-                        "choices": [{"message": {"content": completion.text}, "finish_reason": completion.finish_reason}],
-                        "usage": {"completion_tokens": len(completion.token_ids)}}})
+                        "choices": [choice], "usage": {"completion_tokens": len(completion.token_ids)}}})
 
 
 def main() -> None:

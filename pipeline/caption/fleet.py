@@ -154,7 +154,8 @@ def engine_flags(params: CaptionParams, model: str) -> list[str]:
         "--tensor-parallel-size", str(opts.tensor_parallel_size),
         "--limit-mm-per-prompt", json.dumps(opts.limit_mm_per_prompt),
     ]
-    for flag, value in [("--max-num-seqs", opts.max_num_seqs), ("--max-num-batched-tokens", opts.max_num_batched_tokens),
+    for flag, value in [("--max-num-seqs", opts.max_num_seqs),
+                        ("--max-num-batched-tokens", opts.max_num_batched_tokens),
                         ("--kv-cache-memory-bytes", opts.kv_cache_memory_bytes),
                         ("--gpu-memory-utilization", opts.gpu_memory_utilization),
                         ("--mm-processor-cache-gb", opts.mm_processor_cache_gb)]:
@@ -318,7 +319,8 @@ class VllmFleet:
             pending = [server for server in pending if not server.healthy()]
             if pending and time.monotonic() > deadline:
                 raise FleetError(
-                    f"vLLM server(s) {[str(s.endpoint) for s in pending]} not healthy within {self.params.startup_timeout_s:g} s "
+                    f"vLLM server(s) {[str(s.endpoint) for s in pending]} not healthy within "
+                    f"{self.params.startup_timeout_s:g} s "
                     f"(caption.startup_timeout_s); log {pending[0].log_path}:\n{log_tail(pending[0].log_path)}"
                 )
             if pending:

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.caption import run as caption_run
 from pipeline.caption.client import CaptionServiceError, ImageItem
+from pipeline.caption.context import ContextLengthError
 from pipeline.caption.fleet import VllmFleet, engine_command, engine_flags, server_command
 from pipeline.caption.run import run
 from pipeline.caption.shard_io import write_shard
@@ -108,3 +109,16 @@ def test_killed_engine_stops_the_stage_and_a_rerun_resumes(raw_shards, tmp_path,
     assert {p.stem: pq.read_table(p).column("key").to_pylist() for p in sorted(out.glob("*.parquet"))} == raw_keys(
         raw_shards)
     assert {name: (out / name).stat().st_mtime_ns for name in finished_first} == finished_first
+
+
+@pytest.mark.slow
+def test_a_request_over_the_engine_context_stops_the_run_naming_the_key(engine_fleet):
+    """As with a server (test_context.py): the engine refuses a prompt over its 512 tokens, the run stops at once,
+    and the engine itself survives the refusal."""
+    items = [ImageItem("00000", f"{i:09d}", jpeg(i), "jpg") for i in range(4)]
+    too_long = tiny_params(engine="in_process", prompts=[" ".join(["describe every shape"] * 300)])
+    with pytest.raises(ContextLengthError, match="caption.server.max_model_len: the server refused a request as "
+                                                 "longer than its context"):
+        caption_items(too_long, engine_fleet, items)
+    results, _ = caption_items(tiny_params(engine="in_process"), engine_fleet, items[:1])
+    assert results[0].status != "failed" and results[0].caption
