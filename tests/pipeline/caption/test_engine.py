@@ -1,19 +1,17 @@
 """caption.engine: in_process — vLLM's engine in a worker process of the vLLM environment, the same client path."""
-import os
-import signal
 import subprocess
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.caption import run as caption_run
 from pipeline.caption.client import CaptionServiceError, ImageItem
 from pipeline.caption.context import ContextLengthError
 from pipeline.caption.fleet import VllmFleet, engine_command, engine_flags, server_command
 from pipeline.caption.run import run
-from pipeline.caption.shard_io import write_shard
 from pipeline.params.caption import ServerOptions
-from tests.pipeline.caption.test_run import assert_counts_add_up, caption_items, jpeg, raw_keys
+from tests.pipeline.caption.test_run import (
+    assert_counts_add_up, caption_items, jpeg, raw_keys, run_killed_after_first_shard,
+)
 from tests.vllm_fixtures import (  # noqa: F401
     REPO, VLLM_PYTHON, raw_shards, tiny_params, vllm_fleet, vllm_pids, vllm_server,
 )
@@ -89,20 +87,10 @@ def test_an_image_the_engine_refuses_fails_that_caption_only(engine_fleet):
 
 @pytest.mark.slow
 def test_killed_engine_stops_the_stage_and_a_rerun_resumes(raw_shards, tmp_path, monkeypatch):  # noqa: F811
-    out, before = tmp_path / "captions", set(vllm_pids())
+    out, before, finished_first = tmp_path / "captions", set(vllm_pids()), {}
     params = tiny_params(engine="in_process", concurrency=1, retries=1, backoff_s=0.1)
-    finished_first = {}
-
-    def write_then_kill(out_dir, shard, *args):
-        write_shard(out_dir, shard, *args)
-        if not finished_first:
-            finished_first.update({p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.parquet")})
-            os.killpg(os.getpgid(min(set(vllm_pids()) - before)), signal.SIGKILL)
-
-    monkeypatch.setattr(caption_run, "write_shard", write_then_kill)
     with pytest.raises(CaptionServiceError, match="engine worker"):
-        run(params, raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
-    monkeypatch.undo()
+        run_killed_after_first_shard(params, raw_shards, out, tmp_path, monkeypatch, finished_first)
     assert not (set(vllm_pids()) - before), "the killed engine's processes are gone"
     metrics = run(params, raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
     assert metrics["shards_skipped"] == len(finished_first) == 1

@@ -111,26 +111,34 @@ def test_many_concurrent_requests(vllm_server):  # noqa: F811
     assert len({r.prompt_id for r in results}) > 1, "prompts vary across images"
 
 
-def test_resume_after_server_killed_mid_stage(raw_shards, vllm_fleet, vllm_server, tmp_path, monkeypatch):  # noqa: F811
-    out = tmp_path / "captions"
-    killing = tiny_params(concurrency=1, sampling=Sampling(max_tokens=64), retries=1, backoff_s=0.1)
+def run_killed_after_first_shard(params, raw_dir: Path, out: Path, tmp_path: Path, monkeypatch,
+                                 finished: dict[str, int]) -> None:
+    """Run the stage; the vLLM process group it started is SIGKILLed right after its first shard is on disk (the real
+    writer, wrapped), and `finished` gets that shard's {file: mtime_ns}. Raises what the stage raises.
+
+    Killing from the writer, not from a thread that polls for the first file, leaves shards to do however fast the
+    stage runs: a poll can wake after the stage finished (CI, 2026-12-02)."""
     before = set(vllm_pids())
-    finished_first = {}
 
     def write_then_kill(out_dir, shard, *args):
-        """The real writer; the stage's own server dies right after the first shard is on disk.
-
-        Killing from the writer, not from a thread that polls for the first file, leaves shards to do however fast
-        the stage runs: a poll can wake after the stage finished (CI, 2026-12-02)."""
         write_shard(out_dir, shard, *args)
-        if not finished_first:
-            finished_first.update({p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.parquet")})
+        if not finished:
+            finished.update({p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.parquet")})
             os.killpg(os.getpgid(min(set(vllm_pids()) - before)), signal.SIGKILL)
 
     monkeypatch.setattr(caption_run, "write_shard", write_then_kill)
+    try:
+        run(params, raw_dir, out, tmp_path / "caption.json", tmp_path / "logs")
+    finally:
+        monkeypatch.undo()
+
+
+def test_resume_after_server_killed_mid_stage(raw_shards, vllm_fleet, vllm_server, tmp_path, monkeypatch):  # noqa: F811
+    out = tmp_path / "captions"
+    killing = tiny_params(concurrency=1, sampling=Sampling(max_tokens=64), retries=1, backoff_s=0.1)
+    before, finished_first = set(vllm_pids()), {}
     with pytest.raises(CaptionServiceError):
-        run(killing, raw_shards, out, tmp_path / "caption.json", tmp_path / "logs")
-    monkeypatch.undo()
+        run_killed_after_first_shard(killing, raw_shards, out, tmp_path, monkeypatch, finished_first)
     assert len(finished_first) == 1 < len(raw_keys(raw_shards))
     assert not (set(vllm_pids()) - before), "the killed server's processes are gone"
 
