@@ -22,7 +22,6 @@ END = None
 # Answers go to the stdout the parent reads; everything else written to fd 1 (vLLM logs there, and so may the
 # engine's child processes) goes to stderr, the worker's log. Set in main() before vLLM is imported.
 ANSWERS = sys.stdout
-REFUSED: tuple = ()  # the errors of one request (set in serve() once vLLM is imported)
 
 
 def read_requests(inbox: queue.Queue) -> None:
@@ -71,10 +70,9 @@ def output_id(engine_id: str) -> str:
 
 def serve(llm, chat_template: str | None) -> None:
     """Queue what arrives, step the engine while anything is in flight, answer each finished request."""
-    global REFUSED
     from vllm.exceptions import VLLMClientError  # e.g. VLLMValidationError: a prompt over max_model_len
 
-    REFUSED = (ValueError, TypeError, OSError, VLLMClientError)
+    refused = (ValueError, TypeError, OSError, VLLMClientError)  # the errors of one request, not of the engine
     engine = llm.llm_engine
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=read_requests, args=(inbox,), daemon=True).start()
@@ -96,7 +94,7 @@ def serve(llm, chat_template: str | None) -> None:
             try:
                 [request_id] = llm.enqueue_chat([body["messages"]], [sampling_params(body)], use_tqdm=False,
                                                 chat_template=chat_template)
-            except REFUSED as err:  # a request the engine refuses (a bad image, too long): the server's HTTP 400
+            except refused as err:  # a request the engine refuses (a bad image, too long): the server's HTTP 400
                 answer({"id": message["id"], "status": 400, "body": f"{type(err).__name__}: {err}"})
                 continue
             ids[output_id(request_id)] = message["id"]

@@ -109,7 +109,7 @@ class CaptionParams(Section):
     served_model_name: str = "tiny-llava"
     python: str = ".venv-vllm/bin/python"
     # in_process: vLLM's engine in worker processes of the vLLM environment, fed over a pipe without the HTTP front
-    # end (at the offline engine's rate); server: OpenAI-compatible vLLM servers (started here, or `endpoints`).
+    # end (about the offline engine's rate); server: OpenAI-compatible vLLM servers (started here, or `endpoints`).
     engine: Literal["in_process", "server"] = "in_process"
     num_servers: int = Field(1, ge=1)
     gpus: list[str] = []
