@@ -1,6 +1,9 @@
 """Is an image usable? Two checks, chosen by `shard.check_images`.
 
-`decode`: Pillow opens and decodes every pixel. `header`: the container is read without decoding: the format's
+`decode`: Pillow opens and decodes the whole image; a JPEG at 1/8 scale (libjpeg's scaled IDCT), which still
+entropy-decodes every coefficient of every block, so a truncated or corrupt stream fails as in a full decode
+(tests/pipeline/shard/test_image_check.py checks the verdicts agree on damaged JPEGs) at a quarter to a third less
+time for noisy 256 px images and up to 3.5x less for smooth large ones. `header`: the container is read without decoding: the format's
 signature, its pixel size from the header, and its end (JPEG's EOI marker, PNG's IEND chunk, WebP's RIFF length).
 That catches truncated downloads, wrong content and decompression bombs; it cannot see corrupt compressed data in
 the middle of a file, which img2dataset's own re-encoding does not produce. Formats other than these three are
@@ -30,13 +33,15 @@ Data = bytes | memoryview
 
 
 def decodes(data: Data) -> bool:
-    """The image opens and decodes fully within the pixel budget."""
+    """The image opens and decodes within the pixel budget (a JPEG at 1/8 scale: see the module docstring)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     return False
+                if image.format == "JPEG":
+                    image.draft(image.mode, (1, 1))
                 image.load()
         return True
     except Exception:  # noqa: BLE001 - any decoder failure is the same drop class
