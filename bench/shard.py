@@ -4,7 +4,8 @@
 
 Builds an img2dataset-shaped raw folder of random JPEGs (64 px: the toy world's ~3 KB images; 256 px:
 img2dataset's default size, ~40 KB) with a caption per image, then times the shard stage's library call (read raw
-tars, check every image, join captions, write deterministic shards; decontamination off, as no anchor does it) for
+tars, check every image, join captions, write deterministic shards; decontamination off, as no anchor does it), in
+a child process that imports what the stage imports (`stage_side`), for
 `shard.check_images` decode and header and `shard.workers` 1 and 2, against, in the same rounds:
   webdataset's ShardWriter  the script a user would write with webdataset, in one process: read the raw parquet
                             records and captions (pandas), walk the raw tars (tarfile), check each image with Pillow
@@ -39,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import webdataset as wds
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -95,6 +95,35 @@ def time_stage(work: Path, check: str, workers: int) -> float:
     return time.perf_counter() - start
 
 
+def stage_side() -> None:
+    """Runs in a child process that imports what the shard stage imports, one timed stage run per `<work> <check>
+    <workers>` line on stdin: not in the process that runs the anchor, whose webdataset import loads torch, after
+    which forking the stage's worker pool took ~45 ms instead of ~12 (measured), a cost the stage does not have."""
+    for line in sys.stdin:
+        work, check, workers = line.split()
+        print(time_stage(Path(work), check, int(workers)), flush=True)
+
+
+class StageSide:
+    """The child running `stage_side`."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--stage-side"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def time(self, work: Path, check: str, workers: int) -> float:
+        self.proc.stdin.write(f"{work} {check} {workers}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            sys.exit(f"the stage side exited ({self.proc.wait()}); see its output above")
+        return float(answer)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def stage_layout(out: Path) -> dict[str, list[str]]:
     """The plan the anchor is given: each output shard (relative path) and its sample keys in order."""
     layout = {}
@@ -118,6 +147,8 @@ def image_ok(data: bytes, check: str) -> bool:
 
 def shardwriter_anchor(work: Path, layout: dict[str, list[str]], check: str, out: Path) -> None:
     """Read, check, join and write the stage's samples with webdataset's ShardWriter (see the module doc)."""
+    import webdataset as wds
+
     samples = {}
     for parquet in sorted((work / "raw").glob("*.parquet")):
         records = pd.read_parquet(parquet).set_index("key")
@@ -185,7 +216,7 @@ def extract_members(work: Path) -> None:
             archive.extractall(work / "members", filter="data")
 
 
-def measure(size: int, images: int, repeats: int) -> list[dict]:
+def measure(stage: StageSide, size: int, images: int, repeats: int) -> list[dict]:
     """Rows (ours vs ShardWriter, vs tar cf of the same members, vs tar cf of the images; MiB/s of image bytes)."""
     checks = sorted({check for check, _ in CONFIGS})
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
@@ -195,8 +226,8 @@ def measure(size: int, images: int, repeats: int) -> list[dict]:
         total = make_inputs(work, images, size)
         make_inputs(tiny, FIXED_IMAGES, size, per_shard=FIXED_IMAGES // 2)
         for config in CONFIGS:  # warm-up: page cache, imports, process pool start-up paths
-            time_stage(work, *config)
-            time_stage(tiny, *config)
+            stage.time(work, *config)
+            stage.time(tiny, *config)
         layout = stage_layout(work / "out")
         ours = members(work / "out")
         same = {}
@@ -212,8 +243,8 @@ def measure(size: int, images: int, repeats: int) -> list[dict]:
         tar_s, members_s, tar_fixed_s = [], [], []
         for _ in range(repeats):
             for config in CONFIGS:
-                stage_s[config].append(time_stage(work, *config))
-                fixed_s[config].append(time_stage(tiny, *config))
+                stage_s[config].append(stage.time(work, *config))
+                fixed_s[config].append(stage.time(tiny, *config))
             for check in checks:
                 anchor_s[check].append(time_anchor(work, layout, check))
             tar_s.append(time_tar(work))
@@ -263,11 +294,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="64,256", help="image sizes in pixels, comma-separated")
+    parser.add_argument("--stage-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stage_side:
+        stage_side()
+        return
     if args.images <= FIXED_IMAGES:
         parser.error(f"--images must be more than {FIXED_IMAGES}, the input that stands for a run's fixed cost")
     print(f"repeats: {args.repeats}, {os.cpu_count()} cores")
-    rows = [row for size in map(int, args.sizes.split(",")) for row in measure(size, args.images, args.repeats)]
+    stage = StageSide()
+    rows = [row for size in map(int, args.sizes.split(",")) for row in measure(stage, size, args.images, args.repeats)]
+    stage.close()
     emit("shard", rows)
 
 
