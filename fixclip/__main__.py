@@ -49,6 +49,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         command.add_argument("--images", type=readable_image, nargs="*", default=[], help="image files")
         command.add_argument("--texts", type=existing_file, help="text file, one text per line")
         command.add_argument("--device", default="cpu")
+        command.add_argument("--no-prompts", dest="prompts", action="store_false",
+                             help="encode images without a FIX-CLIP model's regional prompts (the backbone alone, "
+                                  "as the open_clip and transformers exports)")
         if name == "embed":
             command.add_argument("--out", type=Path, required=True, help="output .npz "
                                  "(image_embeddings, text_embeddings, images, texts)")
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     with user_errors():
         args = _arguments(argv)
         texts = _texts(args.texts)
-        encoder = CachedEncoder(load(args.model, args.device)[0], str(args.model))  # a bad checkpoint: UserError
+        model = load(args.model, args.device, args.prompts)[0]  # a bad checkpoint: UserError
+        encoder = CachedEncoder(model, str(args.model))
     images = encoder.images(args.images)
     text_embeddings = encoder.texts(texts)
     if args.command == "embed":

@@ -48,6 +48,12 @@ class FixClipConfig(StrictConfig):
     regional_prompts: bool = True
     prompt_grid: list[int] = [3, 3]
     prompt_start_layer: int = Field(3, ge=1)
+    # The paper's variants (docs/methods.md, "Where we differ from the paper"): "raster" regions are consecutive
+    # raster blocks of N / M patches; "fresh" prompts replace the previous layer's prompt outputs instead of adding.
+    prompt_regions: Literal["grid", "raster"] = "grid"
+    prompt_layers: Literal["carried", "fresh"] = "carried"
+    # Prompts train at train.new_params_lr_scale times the learning rate, like the mask token and HFA heads.
+    prompt_lr_scaled: bool = False
 
     # Hierarchical feature alignment: G groups of S = L / G layers, loss on groups K..G (1-based) weighted w_i.
     # Each group's loss has its own learnable logit scale (initialised at CLIP's 1 / 0.07: its heads start random,

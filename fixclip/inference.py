@@ -18,8 +18,10 @@ from .model import FixClip
 from .model_folder import load_model_folder
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[FixClip, Callable, Callable]:
+def load(path: str | Path, device: str | torch.device = "cpu",
+         prompts: bool = True) -> tuple[FixClip, Callable, Callable]:
     """(model in eval mode on ``device``, preprocess, tokenizer) of a model folder or checkpoint; preprocess is the
-    checkpoint's own (mean/std, size, interpolation) where it names one."""
-    model = load_model_folder(path).to(device)
+    checkpoint's own (mean/std, size, interpolation) where it names one. A FIX-CLIP model encodes images with its
+    regional prompts, as it was trained; ``prompts=False`` leaves them out (the backbone alone, as the exports)."""
+    model = load_model_folder(path, prompts=prompts).to(device)
     return model, eval_transform(model), model.tokenizer()

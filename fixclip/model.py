@@ -65,10 +65,12 @@ class FixClip(nn.Module):
         self.prompts: Optional[RegionalPrompts] = None
         if cfg.regional_prompts:
             self.prompts = RegionalPrompts(vision_layers - cfg.prompt_start_layer + 1, cfg.num_prompts,
-                                           visual.transformer.width)
-            self.register_buffer("prompt_attn_mask", regional_attention_mask(tuple(visual.grid_size),
-                                                                             tuple(cfg.prompt_grid)),
-                                 persistent=False)
+                                           visual.transformer.width, carried=cfg.prompt_layers == "carried")
+            self.register_buffer("prompt_attn_mask", regional_attention_mask(
+                tuple(visual.grid_size), tuple(cfg.prompt_grid), cfg.prompt_regions), persistent=False)
+        # The class token reads the prompts in training, so inference keeps them (the paper's image encoder);
+        # False scores the backbone alone, which is what an open_clip or transformers export can hold.
+        self.prompts_at_inference = True
 
         self.hfa_image: Optional[GroupAlignmentHead] = None
         self.hfa_text: Optional[GroupAlignmentHead] = None
@@ -91,11 +93,10 @@ class FixClip(nn.Module):
         return prompts + self.lr_scaled_parameters()
 
     def lr_scaled_parameters(self) -> List[nn.Parameter]:
-        """The new parameters that train at ``new_params_lr_scale`` times the learning rate: the mask token and the
-        HFA heads. Not the regional prompts: they shape the training-time image features, which inference computes
-        without them, and a faster prompt lets the class token lean on what inference drops (measured: prompts
-        alone at 10x scored 52.2 / 37.0 long-text R@1, at 1x 54.6 / 57.6; issue 25)."""
-        modules = (self.mask_embedding, self.hfa_image, self.hfa_text)
+        """The new parameters that train at ``new_params_lr_scale`` times the learning rate: the mask token, the
+        HFA heads and, with ``prompt_lr_scaled``, the regional prompts (docs/methods.md, set-up choices)."""
+        prompts = self.prompts if self.cfg.prompt_lr_scaled else None
+        modules = (self.mask_embedding, prompts, self.hfa_image, self.hfa_text)
         params = [p for m in modules if m is not None for p in m.parameters()]
         return params + ([self.hfa_logit_scale] if self.hfa_logit_scale is not None else [])
 
@@ -115,10 +116,14 @@ class FixClip(nn.Module):
         """open_clip's tokenizer at this model's context length (248 with the stretch)."""
         return long_tokenizer(self.context_length)
 
-    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Image features of the backbone alone: regional prompts, like the mask embedding and the HFA heads, act in
-        training only, so inference (and an exported model) is a plain open_clip image tower."""
-        features, _ = self._image_tower(self._image_embed(image), collect=False, prompts=False)
+    def encode_image(self, image: torch.Tensor, normalize: bool = False,
+                     prompts: Optional[bool] = None) -> torch.Tensor:
+        """Image features as training computes them for the long branch: the regional prompts are in the tower
+        (the mask embedding and the HFA heads are not: they feed the training losses only). With ``prompts``
+        False (default: ``prompts_at_inference``), the backbone alone: a plain open_clip image tower, what the
+        exports hold."""
+        prompts = self.prompts_at_inference if prompts is None else prompts
+        features, _ = self._image_tower(self._image_embed(image), collect=False, prompts=prompts)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:

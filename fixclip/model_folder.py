@@ -25,6 +25,9 @@ from .methods import METHODS, method_of
 from .model import FixClip
 
 FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "method.json", "weights.pt"
+# The name evaluation gives a trained model with regional prompts read with prompts=False (its backbone alone, what the
+# exports hold); the export stage reports its scores beside the model's own.
+WITHOUT_PROMPTS = "trained_without_prompts"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,15 +83,17 @@ def load_base(config: ModelRef, weights: str | Path) -> FixClip:
     return FixClip(load_clip(config, weights), FixClipConfig.plain()).eval()
 
 
-def load_model_folder(folder: str | Path, base_config: ModelRef | None = None) -> FixClip:
+def load_model_folder(folder: str | Path, base_config: ModelRef | None = None, prompts: bool = True) -> FixClip:
     """The model in ``folder`` (layouts in the module docstring; or any checkpoint path); ``base_config`` rebuilds
-    the architecture when a trained folder has no ``model.json``."""
+    the architecture when a trained folder has no ``model.json``; ``prompts=False`` encodes images without the
+    regional prompts of a model that has them (``FixClip.prompts_at_inference``)."""
     folder = Path(folder)
     model_config = folder / MODEL_CONFIG
     if (folder / FIXCLIP_CONFIG).is_file():
         cfg = FixClipConfig.model_validate_json((folder / FIXCLIP_CONFIG).read_text())
         model = _build(folder, build_clip(model_config if model_config.is_file() else base_config), cfg)
         model.load_state_dict(read_state_dict(folder / WEIGHTS), strict=True)
+        model.prompts_at_inference = prompts
         return model.eval()
     if model_config.is_file():
         return load_base(model_config, folder / WEIGHTS)

@@ -22,10 +22,19 @@ def patch_regions(patch_grid: tuple[int, int], prompt_grid: tuple[int, int]) -> 
     return (row[:, None] * cols + col[None, :]).flatten()
 
 
-def regional_attention_mask(patch_grid: tuple[int, int], prompt_grid: tuple[int, int]) -> torch.Tensor:
-    """Float [1 + N + M, 1 + N + M] additive mask implementing the rule above (row = query, column = key)."""
-    region = patch_regions(patch_grid, prompt_grid)
-    n, m = region.numel(), prompt_grid[0] * prompt_grid[1]
+def raster_regions(num_patches: int, num_prompts: int) -> torch.Tensor:
+    """Long [N]: the paper's regions, consecutive raster blocks of N / M patches (patch i in block floor(i M / N))."""
+    return torch.arange(num_patches) * num_prompts // num_patches
+
+
+def regional_attention_mask(patch_grid: tuple[int, int], prompt_grid: tuple[int, int],
+                            regions: str = "grid") -> torch.Tensor:
+    """Float [1 + N + M, 1 + N + M] additive mask implementing the rule above (row = query, column = key);
+    ``regions`` "grid" (2-D blocks, ``patch_regions``) or "raster" (``raster_regions``)."""
+    m = prompt_grid[0] * prompt_grid[1]
+    region = (patch_regions(patch_grid, prompt_grid) if regions == "grid"
+              else raster_regions(patch_grid[0] * patch_grid[1], m))
+    n = region.numel()
     size = 1 + n + m
     allowed = torch.zeros(size, size, dtype=torch.bool)
     allowed[0, :] = True
@@ -40,20 +49,22 @@ def regional_attention_mask(patch_grid: tuple[int, int], prompt_grid: tuple[int,
 class RegionalPrompts(nn.Module):
     """M zero-initialised prompt tokens per image layer l..L, dropped before pooling.
 
-    Our choice where the paper is silent: each layer adds its fresh parameters to the prompt outputs of the layer
-    before (at layer l they enter alone). Were the previous outputs replaced instead, a prompt's own attention (to
-    itself and its region) would never reach the output: only CLS reads prompts, and it would read fresh
-    parameters. Carried forward, each prompt accumulates its region's features, which CLS then reads.
+    Our choice where the paper is silent (``carried``): each layer adds its fresh parameters to the prompt outputs
+    of the layer before (at layer l they enter alone). With ``carried=False`` (the paper's "fresh" prompts, as in
+    deep visual prompt tuning) they replace them, and a prompt's own attention (to itself and its region) never
+    reaches the output: only CLS reads prompts, and it reads fresh parameters. Carried forward, each prompt
+    accumulates its region's features, which CLS then reads.
     """
 
-    def __init__(self, num_layers: int, num_prompts: int, width: int):
+    def __init__(self, num_layers: int, num_prompts: int, width: int, carried: bool = True):
         super().__init__()
         self.tokens = nn.Parameter(torch.zeros(num_layers, num_prompts, width))
+        self.carried = carried
 
     def insert(self, tokens: torch.Tensor, layer: int, keep: int) -> torch.Tensor:
         """Tokens after ``keep`` (CLS + patches) are the previous layer's prompt outputs, if any: add this layer's
-        prompts to them, or append this layer's prompts at the first prompt layer."""
+        prompts to them (``carried``; else drop them), or append this layer's prompts at the first prompt layer."""
         prompts = self.tokens[layer].to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        if tokens.shape[1] > keep:
+        if self.carried and tokens.shape[1] > keep:
             prompts = tokens[:, keep:] + prompts
         return torch.cat([tokens[:, :keep], prompts], dim=1)

@@ -1,7 +1,9 @@
 """DVC stage `evaluate`: base and trained model on the benchmarks in params -> metrics/eval.json + bar-plot data.
 
-Reads the toy benchmark the benchmarks stage wrote (data/toy_benchmark/). Writes metrics/eval.json ({benchmark:
-{model: metrics}}) and plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
+Reads the toy benchmark the benchmarks stage wrote (data/toy_benchmark/, the test split). Writes metrics/eval.json
+({benchmark: {model: metrics}}), metrics/eval_dev.json (the toy benchmarks on the development split,
+data/toy_benchmark_dev/, as {"dev": {benchmark: {model: metrics}}}: set-up choices are read there, docs/evaluation.md)
+and plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
 model so a bar plot shows base and trained side by side).
 """
 import csv
@@ -12,15 +14,16 @@ import torch
 
 from fixclip.eval.encode import CachedEncoder
 from fixclip.eval.run import evaluate_all, plot_rows
-from fixclip.model_folder import load_base, load_model_folder
+from fixclip.model_folder import WITHOUT_PROMPTS, load_base, load_model_folder
 from fixclip.train.distributed import pick_device
-from pipeline.benchmarks import TOY_DIR, load_benchmark
+from pipeline.benchmarks import DEV, DEV_TOY_DIR, TOY_DIR, dev_entries, load_benchmark
 from pipeline.outputs import write_json
 from pipeline.params import ParamsError, exit_on_params_error, load_params
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import BaseModelParams
 
 METRICS = Path("metrics/eval.json")
+DEV_METRICS = Path("metrics/eval_dev.json")
 PLOTS = Path("plots/eval")
 
 
@@ -33,10 +36,13 @@ def eval_device(preference: str) -> torch.device:
 
 
 def load_models(params: EvaluateParams, base: BaseModelParams, device: torch.device) -> dict:
-    """base, trained (unless null) and every extra model, each as `fixclip.load` reads it."""
+    """base, trained (unless null) and every extra model, each as `fixclip.load` reads it; a trained model with
+    regional prompts also as `trained_without_prompts` (its backbone alone: what the exports hold)."""
     models = {"base": load_base(base.config, base.weights)}
     if params.trained_model is not None:
         models["trained"] = load_model_folder(params.trained_model, base.config)
+        if models["trained"].prompts is not None:
+            models[WITHOUT_PROMPTS] = load_model_folder(params.trained_model, base.config, prompts=False)
     for extra in params.extra_models:
         models[extra.name] = load_model_folder(extra.path)
     return {name: model.to(device) for name, model in models.items()}
@@ -52,8 +58,9 @@ def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
 
 
 def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
-        plots_dir: Path = PLOTS) -> dict:
-    """Evaluate every model on every benchmark, write metrics and plots."""
+        plots_dir: Path = PLOTS, dev_toy_dir: Path = DEV_TOY_DIR, dev_metrics_path: Path = DEV_METRICS) -> dict:
+    """Evaluate every model on every benchmark (and the toy ones on the development split), write metrics and
+    plots; returns the test split's results."""
     device = eval_device(params.device)
     if params.threads:
         torch.set_num_threads(params.threads)
@@ -61,7 +68,10 @@ def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, 
     models = load_models(params, base, device)
     encoders = [CachedEncoder(model, name, params.batch_size, params.workers) for name, model in models.items()]
     results = evaluate_all(encoders, {entry.name: load_benchmark(entry, toy_dir) for entry in params.benchmarks})
+    dev = evaluate_all(encoders, {entry.name: load_benchmark(entry, dev_toy_dir)
+                                  for entry in dev_entries(params.benchmarks)})
     write_json(metrics_path, results)
+    write_json(dev_metrics_path, {DEV: dev})
     write_plots(results, list(models), plots_dir)
     print(f"evaluate: {len(results)} benchmarks x {len(models)} models on {device} in "
           f"{time.perf_counter() - start:.1f} s")

@@ -4,7 +4,12 @@ Each export is loaded back by its own library and must embed probe images and te
 model within `export.atol`, or the stage fails and writes nothing for it. A model the format cannot express (e.g.
 Holistic CLIP's multi-branch image tower) is not exported: its folder holds only NOT_EXPORTED.txt with the reason,
 which metrics/export.json repeats, and the other methods' pipeline runs on.
+
+A model with regional prompts is exported without them (fixclip/export): each folder's config and
+metrics/export.json say so under `contents`, with the R@1 / top-1 of both forms from metrics/eval.json when the
+evaluate stage scored this very model folder.
 """
+import json
 import shutil
 import time
 from pathlib import Path
@@ -12,13 +17,15 @@ from pathlib import Path
 from fixclip.export.folded import NotExpressible
 from fixclip.export.hf_folder import export_transformers
 from fixclip.export.openclip_folder import export_open_clip
-from fixclip.model_folder import MODEL_CONFIG, load_model_folder
+from fixclip.model_folder import MODEL_CONFIG, WITHOUT_PROMPTS, load_model_folder
 from pipeline.outputs import write_bytes, write_json
 from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
 
 OUT = Path("models/export")
 METRICS = Path("metrics/export.json")
+EVAL_METRICS = Path("metrics/eval.json")
+FORMS = {"with_prompts": "trained", "without_prompts": WITHOUT_PROMPTS}  # contents' names: evaluate's rows
 NOT_EXPORTED = "NOT_EXPORTED.txt"
 EXPORTERS = {"open_clip": export_open_clip, "transformers": export_transformers}
 
@@ -27,17 +34,42 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS) -> dict:
+def scores(results: dict, row: str) -> dict:
+    """{benchmark: R@1 image->text / text->image, or top-1} of one evaluate row."""
+    picked = {}
+    for benchmark, per_model in results.items():
+        metrics = per_model[row]
+        picked[benchmark] = (metrics["top1"] if "top1" in metrics
+                             else [metrics["i2t_R@1"], metrics["t2i_R@1"]])
+    return picked
+
+
+def contents(model, evaluated: bool, eval_metrics: Path) -> dict:
+    """What the exports hold of ``model``; with ``evaluated`` (evaluate scored this model folder), the scores of
+    the model with its prompts (fixclip.load) and without them (the exports)."""
+    if model.prompts is None:
+        return {"image_tower": "as trained (no regional prompts)"}
+    held = {"image_tower": "backbone without the regional prompts (fixclip.load keeps them; docs/export.md)"}
+    if evaluated and eval_metrics.is_file():
+        results = json.loads(eval_metrics.read_text())
+        if all(WITHOUT_PROMPTS in per_model for per_model in results.values()):
+            held["scores"] = {form: scores(results, row) for form, row in FORMS.items()}
+    return held
+
+
+def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, evaluated: bool = False,
+        eval_metrics: Path = EVAL_METRICS) -> dict:
     config = Path(params.model) / MODEL_CONFIG
     if not config.is_file():
         raise ParamsError.invalid(PARAMS_FILE, [f"export.model: no {MODEL_CONFIG} in {params.model!r} (not a model "
                                                 "folder written by the train stage)"])
     model = load_model_folder(params.model)
-    metrics = {"atol": params.atol}
+    held = contents(model, evaluated, eval_metrics)
+    metrics = {"atol": params.atol, "contents": held}
     for name, export in EXPORTERS.items():
         start = time.perf_counter()
         try:
-            difference = export(model, config, out / name, params.atol)
+            difference = export(model, config, out / name, params.atol, held)
         except NotExpressible as exc:
             shutil.rmtree(out / name, ignore_errors=True)
             write_bytes(out / name / NOT_EXPORTED, f"{exc}\n".encode())
@@ -52,7 +84,10 @@ def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS) -> 
 
 
 def main() -> None:
-    run(load_params().export)
+    params = load_params()
+    evaluated = params.evaluate.trained_model is not None and (
+        Path(params.evaluate.trained_model).resolve() == Path(params.export.model).resolve())
+    run(params.export, evaluated=evaluated)
 
 
 if __name__ == "__main__":

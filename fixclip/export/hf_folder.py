@@ -144,10 +144,12 @@ def hf_image_processor(model: FixClip) -> CLIPImageProcessor:
                               image_mean=pre["mean"], image_std=pre["std"], resample=3, do_convert_rgb=True)
 
 
-def write_folder(model: FixClip, base_config, out: Path) -> None:
+def write_folder(model: FixClip, base_config, out: Path, contents: dict) -> None:
     clip, config = folded_clip(model, base_config)
     check_expressible(clip)
-    hf_model = CLIPModel(hf_config(clip, config)).eval()
+    hf_cfg = hf_config(clip, config)
+    hf_cfg.fixclip_export = contents  # saved in config.json beside CLIPConfig's own keys
+    hf_model = CLIPModel(hf_cfg).eval()
     hf_model.load_state_dict(hf_state_dict(clip), strict=True)
     hf_model.save_pretrained(out)
     CLIPProcessor(image_processor=hf_image_processor(model), tokenizer=hf_tokenizer(clip.context_length)
@@ -173,7 +175,9 @@ def compare(model: FixClip, folder: Path) -> float:
     return max_difference(ours, theirs)
 
 
-def export_transformers(model: FixClip, base_config, out_dir: str | Path, atol: float = 1e-5) -> float:
-    """Write the transformers folder (verified); returns the measured max embedding difference."""
-    return write_verified(out_dir, lambda out: write_folder(model, base_config, out),
+def export_transformers(model: FixClip, base_config, out_dir: str | Path, atol: float = 1e-5,
+                        contents: dict | None = None) -> float:
+    """Write the transformers folder (verified; ``contents``, what it holds, goes into config.json under
+    ``fixclip_export``); returns the measured max embedding difference."""
+    return write_verified(out_dir, lambda out: write_folder(model, base_config, out, contents or {}),
                           lambda out: compare(model, out), atol, "transformers export")

@@ -4,7 +4,8 @@
     tokenizer = open_clip.get_tokenizer("local-dir:models/export/open_clip")   # 248 tokens
 
 ``open_clip_config.json`` holds ``model_cfg`` (the base config, ``text_cfg.context_length`` 248) and
-``preprocess_cfg``; ``open_clip_model.safetensors`` the weights, the stretched positional table folded in.
+``preprocess_cfg`` (and ``fixclip_export``: what the folder holds of the model, which open_clip ignores);
+``open_clip_model.safetensors`` the weights, the stretched positional table folded in.
 """
 import json
 from pathlib import Path
@@ -28,10 +29,10 @@ def preprocess_config(model: FixClip) -> dict:
             "interpolation": cfg.interpolation, "resize_mode": cfg.resize_mode}
 
 
-def write_folder(model: FixClip, base_config, out: Path) -> None:
+def write_folder(model: FixClip, base_config, out: Path, contents: dict) -> None:
     clip, config = folded_clip(model, base_config)
-    (out / CONFIG).write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess_config(model)},
-                                         indent=2) + "\n")
+    (out / CONFIG).write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess_config(model),
+                                          "fixclip_export": contents}, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(out / WEIGHTS))
 
 
@@ -47,7 +48,9 @@ def compare(model: FixClip, folder: Path) -> float:
     return max_difference(ours, theirs)
 
 
-def export_open_clip(model: FixClip, base_config, out_dir: str | Path, atol: float = 1e-5) -> float:
-    """Write the open_clip folder (verified); returns the measured max embedding difference."""
-    return write_verified(out_dir, lambda out: write_folder(model, base_config, out),
+def export_open_clip(model: FixClip, base_config, out_dir: str | Path, atol: float = 1e-5,
+                     contents: dict | None = None) -> float:
+    """Write the open_clip folder (verified; ``contents``, what it holds, goes into its config under
+    ``fixclip_export``); returns the measured max embedding difference."""
+    return write_verified(out_dir, lambda out: write_folder(model, base_config, out, contents or {}),
                           lambda out: compare(model, out), atol, "open_clip export")

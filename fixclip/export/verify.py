@@ -23,8 +23,9 @@ def probe_images(model: FixClip, count: int = 4, seed: int = 0) -> torch.Tensor:
 
 
 def our_embeddings(model: FixClip, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an export must reproduce: the text tower, and the image tower without regional prompts (fixclip.export)."""
     with torch.inference_mode():
-        return (F.normalize(model.encode_image(images).float(), dim=-1),
+        return (F.normalize(model.encode_image(images, prompts=False).float(), dim=-1),
                 F.normalize(model.encode_text(tokens).float(), dim=-1))
 
 

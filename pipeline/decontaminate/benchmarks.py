@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.benchmarks import load_benchmark
+from pipeline.benchmarks import DEV, dev_entries, load_benchmark
 from pipeline.decontaminate import fingerprint, index
 
 
@@ -14,19 +14,28 @@ class BenchmarkImageError(ValueError):
     stage prints it as one line)."""
 
 
-def benchmark_items(entries, toy_dir: Path) -> pd.DataFrame:
-    """One row per distinct image of the entries: `item` (its path), `benchmark` (the names of the entries that
-    list it, comma-separated, in params order)."""
+def labelled_entries(entries, toy_dir: Path, dev_toy_dir: Path | None = None) -> list[tuple[str, object, Path]]:
+    """(name, entry, toy folder) of every benchmark the images of which are fingerprinted: each entry, and with
+    ``dev_toy_dir`` each toy entry again on the development split, named `dev/<name>`."""
+    labelled = [(entry.name, entry, toy_dir) for entry in entries]
+    if dev_toy_dir is not None:
+        labelled += [(f"{DEV}/{entry.name}", entry, dev_toy_dir) for entry in dev_entries(entries)]
+    return labelled
+
+
+def benchmark_items(labelled: list[tuple[str, object, Path]]) -> pd.DataFrame:
+    """One row per distinct image of the (name, entry, toy folder) triples: `item` (its path), `benchmark` (the
+    names of the entries that list it, comma-separated, in params order)."""
     names: dict[str, list[str]] = {}
-    for entry in entries:
+    for name, entry, toy_dir in labelled:
         try:
             images = load_benchmark(entry, toy_dir).images
         except (FileNotFoundError, ValueError) as exc:
-            raise BenchmarkImageError(f"evaluate.benchmarks: {entry.name}: {exc}") from None
+            raise BenchmarkImageError(f"evaluate.benchmarks: {name}: {exc}") from None
         for path in images:
             listed = names.setdefault(str(path), [])
-            if entry.name not in listed:
-                listed.append(entry.name)
+            if name not in listed:
+                listed.append(name)
     return pd.DataFrame({"benchmark": [",".join(n) for n in names.values()], "item": list(names)})
 
 
@@ -38,9 +47,11 @@ def read_picture(path: str) -> np.ndarray:
         raise BenchmarkImageError(f"{path}: benchmark image cannot be read ({exc})") from None
 
 
-def fingerprint_benchmarks(entries, toy_dir: Path, out_dir: Path) -> dict:
-    """Write the fingerprints of every image of `entries` to `out_dir`; returns the counts (the stage's metrics)."""
-    items = benchmark_items(entries, toy_dir)
+def fingerprint_benchmarks(entries, toy_dir: Path, out_dir: Path, dev_toy_dir: Path | None = None) -> dict:
+    """Write the fingerprints of every image of `entries` (and of the toy development split in ``dev_toy_dir``) to
+    `out_dir`; returns the counts (the stage's metrics)."""
+    labelled = labelled_entries(entries, toy_dir, dev_toy_dir)
+    items = benchmark_items(labelled)
     pictures = []
     with tqdm(total=len(items), desc="benchmarks: fingerprint", unit="img") as bar:  # closed before an error prints
         for path in items["item"]:
@@ -48,7 +59,7 @@ def fingerprint_benchmarks(entries, toy_dir: Path, out_dir: Path) -> dict:
             bar.update()
     shape = (0, fingerprint.CANONICAL, fingerprint.CANONICAL, 3)
     index.write(out_dir, items, np.stack(pictures) if pictures else np.zeros(shape, np.uint8))
-    per_benchmark = {entry.name: 0 for entry in entries}
+    per_benchmark = {name: 0 for name, _, _ in labelled}
     for names in items["benchmark"]:
         for name in names.split(","):
             per_benchmark[name] += 1

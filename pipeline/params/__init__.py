@@ -57,6 +57,16 @@ class Params(Section):
         return self
 
 
+    @model_validator(mode="after")
+    def _toy_benchmark_held_out(self):
+        """Both toy benchmark splits are scenes the training world never renders."""
+        for key in ("seed", "dev_seed"):
+            if getattr(self.evaluate.toy, key) == self.source.toyworld.seed:
+                raise ValueError(f"evaluate.toy.{key}: equals source.toyworld.seed ({self.source.toyworld.seed}): "
+                                 "not held out")
+        return self
+
+
 class ParamsError(UserError, ValueError):
     """params.yaml is unreadable or invalid; the message names every bad key, on one line."""
 

@@ -121,9 +121,11 @@ BenchmarkEntry = Annotated[
 
 
 class ToyBenchmarkParams(Section):
-    """Held-out toy-world scenes (same world shape as source.toyworld, a different seed)."""
+    """Held-out toy-world scenes (same world shape as source.toyworld, a different seed): the test split, which the
+    tables report, and a development split of the same shape from `dev_seed`, on which set-up choices are made."""
 
     seed: int = 1_000_003
+    dev_seed: int = 2_000_003
     num_images: int = Field(500, ge=2, multiple_of=2)  # twin pairs of multi-object scenes for long/short retrieval
     min_objects: int = Field(5, ge=1)  # retrieval scenes have min_objects..source.toyworld.max_objects objects
     num_layout_images: int = Field(500, ge=0, multiple_of=2)  # layout-twin pairs: two objects swapped between cells
@@ -136,7 +138,14 @@ class ToyBenchmarkParams(Section):
     def _templates_have_slot(self):
         if any("{c}" not in t for t in self.templates):
             raise ValueError("templates: every template needs '{c}'")
+        if self.dev_seed == self.seed:
+            raise ValueError(f"dev_seed: equals seed ({self.seed}): the development split must differ from the test "
+                             "split")
         return self
+
+    def development(self) -> "ToyBenchmarkParams":
+        """The development split's params: the same benchmark rendered from `dev_seed`."""
+        return self.with_(seed=self.dev_seed, dev_seed=self.seed)
 
 
 EXTRA_MODELS_DIR = "models/extra"  # a dep of the evaluate stage: extra checkpoints live (or are linked) here

@@ -125,13 +125,45 @@ def test_prompt_region_rows_reach_the_output():
     assert not torch.allclose(regional, open_rows)
 
 
-def test_inference_image_features_are_the_backbone_alone():
-    """encode_image (evaluation, export) runs the open_clip image tower without the prompts: trained prompt values
-    change the training features but not the inference ones, which equal the wrapped CLIP's."""
+def test_inference_keeps_the_prompts_and_can_leave_them_out():
+    """encode_image computes what training computes for the long branch (the class token reads the prompts), so a
+    trained prompt changes it; prompts=False (or prompts_at_inference off) gives the wrapped CLIP's image tower."""
     model = _prompt_model(start_layer=2)
     images = batch(2)[0]
     with torch.no_grad():
+        untrained = model.encode_image(images)
         model.prompts.tokens.normal_()
         backbone = model.clip.encode_image(images)
-        assert not torch.allclose(_train_image_features(model, images), F.normalize(backbone, dim=-1))
+        prompted = model.encode_image(images)
+        assert not torch.allclose(prompted, untrained)
+        torch.testing.assert_close(F.normalize(prompted, dim=-1), _train_image_features(model, images))
+        torch.testing.assert_close(model.encode_image(images, prompts=False), backbone)
+        model.prompts_at_inference = False
         torch.testing.assert_close(model.encode_image(images), backbone)
+
+
+def test_raster_regions_are_consecutive_blocks_of_n_over_m_patches():
+    """The paper's variant: prompt j sees patches floor(j N / M) .. in raster order, every patch in one block."""
+    mask = regional_attention_mask((8, 8), (3, 3), "raster")
+    n, m = 64, 9
+    seen = mask[1 + n:, 1:1 + n] == 0
+    assert seen.sum(dim=0).tolist() == [1] * n
+    for j in range(m):
+        patches = seen[j].nonzero().flatten().tolist()
+        assert patches == list(range(patches[0], patches[-1] + 1))  # consecutive
+        assert len(patches) in (n // m, n // m + 1)
+
+
+def test_fresh_prompts_replace_the_last_layers_prompt_outputs():
+    """With fresh prompts (the paper's) a prompt's attention to its region never reaches the output: opening its
+    rows changes nothing, where carried prompts (our default) change the feature (test above)."""
+    cfg = FixClipConfig.plain().with_(regional_prompts=True, prompt_grid=[2, 4], prompt_start_layer=2,
+                                      prompt_layers="fresh")
+    model = FixClip(tiny_clip(), cfg).eval()
+    images = batch(2)[0]
+    with torch.no_grad():
+        model.prompts.tokens.normal_()
+        regional = model.encode_image(images)
+        model.prompt_attn_mask[1 + model.num_patches:, :] = 0.0
+        torch.testing.assert_close(model.encode_image(images), regional)
+        assert not torch.allclose(regional, model.encode_image(images, prompts=False))

@@ -35,20 +35,31 @@ def _save_folder(folder: Path, model: FixClip, cfg: FixClipConfig) -> Path:
     return folder
 
 
+def _toy_splits(tmp_path: Path) -> dict:
+    """The benchmarks stage's part: both splits of the small toy benchmark; run()'s keyword arguments for them."""
+    generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")
+    generate(SMALL_TOY.development(), WORLD, DOWNLOAD, tmp_path / "toy_dev")
+    return {"toy_dir": tmp_path / "toy", "dev_toy_dir": tmp_path / "toy_dev",
+            "dev_metrics_path": tmp_path / "metrics/eval_dev.json"}
+
+
 def test_stage_writes_base_and_trained_side_by_side(tmp_path):
     cfg = FixClipConfig.plain().with_(stretch=True)
     trained = _save_folder(tmp_path / "models/fixclip", FixClip(load_base(BASE_CONFIG, BASE_WEIGHTS).clip, cfg), cfg)
     params = EvaluateParams.model_validate({
         "trained_model": str(trained), "toy": SMALL_TOY.model_dump(), "batch_size": 16})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
-    generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")  # the benchmarks stage's part
-    results = run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "metrics/eval.json",
-                  plots_dir=tmp_path / "plots/eval")
+    results = run(params, base, metrics_path=tmp_path / "metrics/eval.json", plots_dir=tmp_path / "plots/eval",
+                  **_toy_splits(tmp_path))
 
     written = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert written == json.loads(json.dumps(results))
     assert set(written) == {"toy_long", "toy_long_cut77", "toy_layout", "toy_short", "toy_short_scenes",
                             "toy_zeroshot", "toy_zeroshot_colour", "toy_zeroshot_shape"}
+    # The development split: the same benchmarks and models on other scenes, so other scores.
+    dev = json.loads((tmp_path / "metrics/eval_dev.json").read_text())["dev"]
+    assert set(dev) == set(written) and set(dev["toy_long"]) == {"base", "trained"}
+    assert dev["toy_long"]["base"]["images"] == 24 and dev["toy_long"]["base"] != written["toy_long"]["base"]
     for name, images in (("toy_long", 24), ("toy_short", 24), ("toy_layout", 12), ("toy_short_scenes", 20)):
         for model in ("base", "trained"):
             metrics = written[name][model]
@@ -101,13 +112,32 @@ def test_extra_models_are_scored_beside_base_and_trained(tmp_path, monkeypatch):
         "benchmarks": [{"name": "toy_long", "kind": "toy", "task": "long_retrieval"}],
         "extra_models": [{"name": "longclip-tiny", "path": "models/extra/longclip-tiny.pt"}]})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
-    generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")
-    results = run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json",
-                  plots_dir=tmp_path / "plots")
+    results = run(params, base, metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
+                  **_toy_splits(tmp_path))
     assert list(results["toy_long"]) == ["base", "trained", "longclip-tiny"]
     assert results["toy_long"]["longclip-tiny"]["images"] == 24
     assert json.loads((tmp_path / "eval.json").read_text())["toy_long"]["longclip-tiny"] == json.loads(
         json.dumps(results["toy_long"]["longclip-tiny"]))
+
+
+def test_a_model_with_prompts_is_also_scored_without_them(tmp_path):
+    """The trained row keeps the regional prompts (fixclip.load's default); trained_without_prompts is its backbone
+    alone, what the exports hold."""
+    cfg = FixClipConfig.plain().with_(regional_prompts=True)
+    model = FixClip(load_base(BASE_CONFIG, BASE_WEIGHTS).clip, cfg)
+    with torch.no_grad():
+        model.prompts.tokens.normal_(generator=torch.Generator().manual_seed(0))
+    trained = _save_folder(tmp_path / "models/fixclip", model, cfg)
+    params = EvaluateParams.model_validate({
+        "trained_model": str(trained), "toy": SMALL_TOY.model_dump(), "batch_size": 16,
+        "benchmarks": [{"name": "toy_long", "kind": "toy", "task": "long_retrieval"}]})
+    base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
+    results = run(params, base, metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
+                  **_toy_splits(tmp_path))["toy_long"]
+    assert list(results) == ["base", "trained", "trained_without_prompts"]
+    recall = [{k: v for k, v in results[row].items() if "R@" in k} for row in results]
+    assert recall[2] == recall[0]  # the prompts are all this model adds to the base
+    assert recall[1] != recall[0]
 
 
 @pytest.mark.parametrize("extra, message", [

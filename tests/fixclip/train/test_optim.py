@@ -74,3 +74,8 @@ def test_new_parameters_get_the_lr_scale_and_no_weight_decay():
         ids = {id(p) for p in group["params"]}
         assert group["lr"] == (2e-3 if ids == scaled else 2e-4)
         assert group["weight_decay"] == 0.0 or not ids & new
+
+
+def test_prompt_lr_scaled_puts_the_prompts_at_the_new_parameters_rate():
+    model = FixClip(tiny_clip(), FixClipConfig().with_(prompt_lr_scaled=True))
+    assert id(model.prompts.tokens) in {id(p) for p in model.lr_scaled_parameters()}

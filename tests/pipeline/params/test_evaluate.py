@@ -24,6 +24,7 @@ def test_defaults_are_the_held_out_toy_benchmark():
     ({"toy": {"templates": ["a photo"]}}, "needs '{c}'"),
     ({"toy": {"num_layout_images": 0}}, "toy.num_layout_images: 0, but benchmark 'toy_layout' reads that set"),
     ({"toy": {"num_layout_images": 5}}, "multiple of 2"),
+    ({"toy": {"seed": 5, "dev_seed": 5}}, "dev_seed: equals seed"),
     ({"batch_size": "8"}, "Input should be a valid integer"),
 ])
 def test_bad_params_fail_naming_the_problem(raw, message):
