@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report plots test envs ablation methods bench
+.PHONY: repro report plots test envs ablation methods bench frontier
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -30,13 +30,17 @@ plots:
 
 # The ablation table (docs/evaluation.md): each row is one `dvc exp run` per seed, named <row>-s<seed> (train and
 # evaluate rerun, the data is cached); `python -m pipeline.experiments` then gives each row's mean and spread over the
-# seeds. Every run sets all switches and the seed, so runs do not inherit each other's params; the last run (seed 0
-# of the full model) restores the default. Measured: 20.5 min on 2 cores (18 runs, ~70 s each), 2026-12-02.
-# Arguments: row, seed, modules switched on, long text (caption | ground_truth: the captioner-free control).
+# seeds, and each row's paired difference to stretch-only (same seed) with a 95% interval. A seed is both the
+# training seed and the shard order (shard.seed: which samples go to val and the order they are written in), so the
+# spread holds both sources of noise; each order's shards are made once and restored from DVC's run cache after.
+# Every run sets all switches and the seed, so runs do not inherit each other's params; the last run (seed 0 of the
+# full model) restores the default. Scores are the test split's; set-up choices are read on the development split
+# (--split dev). Arguments: row, seed, modules switched on, long text (caption | ground_truth: the captioner-free
+# control).
 SEEDS = 0 1 2
 MODULES = train.fixclip.dual_branch train.fixclip.regional_prompts train.fixclip.hfa
 define exp
-	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.long_text=$(4) \
+	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S shard.long_text=$(4) \
 		$(foreach m,$(MODULES),-S $(m)=$(if $(filter $(m),$(3)),true,false))
 
 endef
@@ -47,7 +51,8 @@ ablation: repro
 	$(foreach s,$(SEEDS),$(call exp,hfa,$(s),train.fixclip.hfa,caption))
 	$(foreach s,$(SEEDS),$(call exp,oracle-ground-truth,$(s),$(MODULES),ground_truth))
 	$(foreach s,1 2 0,$(call exp,full,$(s),$(MODULES),caption))
-	python -m pipeline.experiments --rows stretch-only dual-branch regional-prompts hfa full oracle-ground-truth
+	python -m pipeline.experiments --baseline stretch-only \
+		--rows stretch-only dual-branch regional-prompts hfa full oracle-ground-truth
 
 # The methods table (docs/evaluation.md): the three train.method values on the same data and evaluation, 3 seeds
 # each, and the caption control: Holistic CLIP reads 3 captions per image, so FIX-CLIP and Long-CLIP also run on the
@@ -56,7 +61,7 @@ ablation: repro
 # and two recaptionings), 2026-12-02.
 # Arguments: row, seed, train.method, caption.captions_per_image, train.caption_pool, train.holistic.captions_per_image.
 define method
-	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S train.method=$(3) -S caption.captions_per_image=$(4) \
+	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S train.method=$(3) -S caption.captions_per_image=$(4) \
 		-S train.caption_pool=$(5) -S train.holistic.captions_per_image=$(6) $(foreach m,$(MODULES),-S $(m)=true)
 
 endef
@@ -141,3 +146,26 @@ $(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 # Options: make bench BENCH_ARGS="--only shard --quick".
 bench: envs
 	python -m bench $(BENCH_ARGS)
+
+# The long- vs short-text frontier (docs/evaluation.md, "The frontier"): stretch-only, FIX-CLIP, Long-CLIP and
+# Holistic CLIP (on the same one caption per image) at 3 learning rates x 2 budgets (epochs), one run each named
+# frontier-<method>-lr<rate>-e<epochs>-s0, then docs/frontier.png (long-text R@1 against zero-shot and against
+# alt-text R@1, one line per method) and its table; params.yaml is then restored (train and evaluate come back from
+# DVC's run cache).
+# Arguments: name, train.method, modules switched on, lr, epochs, train.holistic.captions_per_image.
+FRONTIER_LRS = 0.00025 0.0005 0.001
+FRONTIER_EPOCHS = 1.5 3.0
+define frontier_run
+	dvc exp run -n frontier-$(1)-lr$(4)-e$(5)-s0 -S train.seed=0 -S shard.seed=0 -S train.method=$(2) \
+		-S train.lr=$(4) -S train.epochs=$(5) -S train.holistic.captions_per_image=$(6) \
+		$(foreach m,$(MODULES),-S $(m)=$(if $(filter $(m),$(3)),true,false))
+
+endef
+frontier_point = $(foreach lr,$(FRONTIER_LRS),$(foreach e,$(FRONTIER_EPOCHS),$(call frontier_run,$(1),$(2),$(3),$(lr),$(e),$(4))))
+frontier: repro
+	$(call frontier_point,stretch-only,fixclip,,3)
+	$(call frontier_point,longclip,longclip,$(MODULES),3)
+	$(call frontier_point,holistic,holistic,$(MODULES),1)
+	$(call frontier_point,fixclip,fixclip,$(MODULES),3)
+	git checkout -- params.yaml && dvc repro
+	python -m pipeline.frontier --out docs/frontier.png
