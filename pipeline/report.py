@@ -86,8 +86,8 @@ def export_line(m: dict) -> str:
     """Each format's size and how far its embeddings are from ours (the stage refuses anything over atol)."""
     formats = [f"{name} not exported ({m[name]['not_exported']})" if "not_exported" in m[name] else
                f"{name} {m[name]['bytes'] / 1e6:.1f} MB max|diff| {m[name]['max_abs_difference']:.0e}"
-               for name in m if name != "atol"]
-    return f"{', '.join(formats)}  (atol {m['atol']:.0e})"
+               for name in m if name not in ("atol", "contents")]
+    return f"{', '.join(formats)}  (atol {m['atol']:.0e}); image tower: {m['contents']['image_tower']}"
 
 
 STAGES = {"source": ("source.json", source_line), "download": ("download.json", download_line),

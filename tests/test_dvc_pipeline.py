@@ -107,9 +107,12 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
     evaluation = _metrics(repo_copy, "eval")
     assert set(evaluation) == {"toy_long", "toy_long_cut77", "toy_layout", "toy_short", "toy_short_scenes",
                                "toy_zeroshot", "toy_zeroshot_colour", "toy_zeroshot_shape"}
-    assert all(set(per_model) == {"base", "trained"} for per_model in evaluation.values())
+    assert all(set(per_model) == {"base", "trained", "trained_without_prompts"} for per_model in evaluation.values())
+    assert set(_metrics(repo_copy, "eval_dev")["dev"]) == set(evaluation)  # the development split, same benchmarks
     exported = _metrics(repo_copy, "export")
     assert all(exported[f]["max_abs_difference"] <= exported["atol"] for f in ("open_clip", "transformers"))
+    assert exported["contents"]["scores"]["without_prompts"]["toy_long"] == [
+        evaluation["toy_long"]["trained_without_prompts"][f"{d}_R@1"] for d in ("i2t", "t2i")]
     hf_config = json.loads((repo_copy / "models/export/transformers/config.json").read_text())
     assert hf_config["text_config"]["max_position_embeddings"] == 248
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
@@ -141,7 +144,7 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
     def rerun(*changes):
         return _ran(exp_run(*changes).stdout)
 
-    assert rerun("evaluate.batch_size=8") == {"evaluate"}
+    assert rerun("evaluate.batch_size=8") == {"evaluate", "export"}  # export reports evaluate's scores (and times)
     assert rerun("export.atol=0.0001") == {"export"}
     assert rerun("shard.short_text=first_sentence") == {"shard", "train", "evaluate", "export"}
 
