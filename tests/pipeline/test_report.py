@@ -37,7 +37,8 @@ def metrics(**overrides) -> dict:
                          for model, top1 in (("base", 18.125), ("trained", 17.71))},
         },
         "export": {"atol": 1e-5, "open_clip": {"bytes": 7_463_078, "max_abs_difference": 0.0, "seconds": 2.4},
-                   "transformers": {"bytes": 11_110_947, "max_abs_difference": 6e-8, "seconds": 2.8}},
+                   "transformers": {"bytes": 11_110_947, "max_abs_difference": 6e-8, "seconds": 2.8},
+                   "contents": {"image_tower": "backbone without the regional prompts"}},
     }
     for stage, changes in overrides.items():
         files[stage].update(changes)
@@ -98,6 +99,7 @@ def test_stage_lines_carry_counts_and_speed(tmp_path):
     assert "2 benchmarks x 2 models (base, trained)" in stage_line(text, "evaluate")
     assert "3.0 s" in stage_line(text, "evaluate")
     assert "open_clip 7.5 MB max|diff| 0e+00, transformers 11.1 MB max|diff| 6e-08" in stage_line(text, "export")
+    assert "image tower: backbone without the regional prompts" in stage_line(text, "export")
 
 
 def test_lines_follow_the_dag_order(tmp_path):
