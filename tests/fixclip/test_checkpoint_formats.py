@@ -281,12 +281,14 @@ def test_paper_profile_base_model_takes_a_hub_config_and_an_openai_archive(files
 
 
 def test_our_exports_load_through_fixclip_load(tmp_path):
-    """Folders as our exports write them (their own verification is tested in tests/fixclip/export)."""
+    """Folders as our exports write them (their own verification is tested in tests/fixclip/export); they hold
+    the backbone without the regional prompts."""
     model = trained_like_model()
+    model.prompts_at_inference = False
     pixels, tokens = torch.randn(2, 3, 64, 64), model.tokenizer()(TEXTS)
     for folder, export in ((tmp_path / "open_clip", openclip_folder), (tmp_path / "transformers", hf_folder)):
         folder.mkdir()
-        export.write_folder(model, BASE_CONFIG, folder)
+        export.write_folder(model, BASE_CONFIG, folder, {})
         loaded, _, tokenizer = fixclip.load(folder)
         assert loaded.context_length == 248 and torch.equal(tokenizer(TEXTS), tokens)
         _assert_same_embeddings(_embed(loaded, pixels, tokens), _embed(model, pixels, tokens))

@@ -23,9 +23,11 @@ def trained_like_model() -> FixClip:
 
 @pytest.fixture(scope="package")
 def exported(tmp_path_factory):
-    """(model, open_clip folder, transformers folder, measured differences)."""
+    """(model, open_clip folder, transformers folder, measured differences). The model comes back with
+    ``prompts_at_inference`` off: the exports hold the backbone alone (docs/export.md)."""
     model = trained_like_model()
     root = tmp_path_factory.mktemp("export")
     differences = {"open_clip": export_open_clip(model, BASE_CONFIG, root / "open_clip"),
                    "transformers": export_transformers(model, BASE_CONFIG, root / "transformers")}
+    model.prompts_at_inference = False
     return model, root / "open_clip", root / "transformers", differences
