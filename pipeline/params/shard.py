@@ -10,9 +10,10 @@ class ShardParams(Section):
     """Deterministic webdataset shards for training (see pipeline/shard/writer.py)."""
 
     seed: int = 0
-    # Long text of each sample: the MLLM's caption, or the source's ground-truth description (toy world only): the
-    # control that measures what the captioner's errors cost. Same images either way (caption filters still apply).
-    long_text: Literal["caption", "ground_truth"] = "caption"
+    # Long text of each sample: the MLLM's caption; the source's ground-truth description (toy world only), the
+    # control that measures what the captioner's errors cost; or the source's alt text, the control that tells a
+    # long-text fine-tune from any fine-tune. Same images every way (caption filters still apply).
+    long_text: Literal["caption", "ground_truth", "alt_text"] = "caption"
     samples_per_shard: int = Field(1000, ge=1)
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     # Short text of the short branch: the long caption's first sentence (Long-CLIP's convention), the source's alt

@@ -135,18 +135,23 @@ def fates(images: list[tuple[int, int]], rows: np.ndarray, found: ImageCaptions,
     return fate
 
 
+SOURCE_TEXTS = {"ground_truth": ("long_description", "long descriptions (the toy world has them)"),
+                "alt_text": ("caption", "alt texts")}  # shard.long_text values read from the source: (column, what)
+
+
 def long_texts(params: ShardParams, rows: np.ndarray, found: ImageCaptions, records: pd.DataFrame, keys: list[str],
                per_image: int) -> tuple[list[str], list[list[str]], np.ndarray]:
     """Per kept image: (long text, text per caption_index, how many of those are substituted). The long text is the
     first ok caption; text j is caption j if ok, else the first ok caption. `long_text: ground_truth` uses the
-    source's description (the toy world's) for all of them."""
-    if params.long_text == "ground_truth":
-        truths = values(records, "long_description")
-        for key, truth in zip(keys, truths):
-            if not isinstance(truth, str) or not truth.strip():
-                raise ShardInputError(f"shard.long_text: ground_truth needs the source's long descriptions (the toy "
-                                      f"world has them); image {key} has none")
-        return truths, [[truth] * per_image for truth in truths], np.zeros(len(keys), np.int64)
+    source's description (the toy world's) for all of them, `long_text: alt_text` the source's alt text."""
+    if params.long_text in SOURCE_TEXTS:
+        column, what = SOURCE_TEXTS[params.long_text]
+        texts = values(records, column)
+        for key, text in zip(keys, texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ShardInputError(f"shard.long_text: {params.long_text} needs the source's {what}; image {key} "
+                                      f"has none")
+        return texts, [[text] * per_image for text in texts], np.zeros(len(keys), np.int64)
     ok, texts = found.ok[rows], found.texts[rows]
     first = texts[np.arange(len(rows)), found.first_ok(rows)]
     per_caption = np.where(ok, texts, first[:, None]).tolist()

@@ -154,7 +154,7 @@ def test_samples_hold_both_texts_and_metadata(tmp_path, inputs):
     assert not any(".long_" in name for name in members), "one caption per image: no long_<j>.txt"
 
 
-def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
+def test_ground_truth_and_alt_text_controls_swap_only_the_long_text(tmp_path, inputs):
     raw, captions = inputs
     captioned = writer.run(ShardParams(val_fraction=0.0, short_text="first_sentence"), raw, captions, tmp_path / "a")
     truth = writer.run(ShardParams(val_fraction=0.0, short_text="first_sentence", long_text="ground_truth"), raw,
@@ -163,6 +163,12 @@ def test_ground_truth_control_swaps_only_the_long_text(tmp_path, inputs):
     (tar,) = (tmp_path / "b/train").glob("*.tar")
     members = dict((m.name, data) for m, data in _read(tar))
     assert members["uid000.long.txt"].decode() == "truth 0." and members["uid000.short.txt"].decode() == "truth 0."
+    alt = writer.run(ShardParams(val_fraction=0.0, long_text="alt_text"), raw, captions, tmp_path / "c")
+    assert alt == captioned
+    (tar,) = (tmp_path / "c/train").glob("*.tar")
+    members = dict((m.name, data) for m, data in _read(tar))
+    alt_text = json.loads(members["uid000.json"])["alt_text"]
+    assert alt_text and members["uid000.long.txt"].decode() == alt_text != "truth 0."
 
 
 @pytest.mark.parametrize("fixture", ["inputs", "three_captions"])  # one and three captions per image
