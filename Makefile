@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report plots test envs ablation methods bench frontier
+.PHONY: repro report plots test envs ablation methods controls deviations bench frontier
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -74,6 +74,38 @@ methods: repro
 	$(foreach s,1 2 0,$(call method,fixclip,$(s),fixclip,1,1,3))
 	python -m pipeline.experiments --rows fixclip longclip holistic-1-caption holistic fixclip-3-captions \
 		longclip-3-captions
+
+# The attribution controls and the paper's variants (docs/evaluation.md, "Controls"; docs/methods.md, "Where we
+# differ from the paper"): 3 seeds each, read against the ablation's and the methods table's rows of the same seeds
+# (run `make ablation methods` first, from the same commit). Each run starts from the committed params.yaml (local
+# edits to it are discarded) and changes only its keys; params.yaml is then restored and the default comes back from
+# DVC's run cache. The Holistic controls need 3 captions per image (the caption stage's run cache holds them after
+# `make methods`). Arguments: row, seed, keys.
+define variant
+	git checkout -- params.yaml && dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
+
+endef
+HOLISTIC_3 = -S train.method=holistic -S caption.captions_per_image=3
+controls: repro
+	$(foreach s,$(SEEDS),$(call variant,mask-ratio-0,$(s),-S train.fixclip.mask_ratio=0.0))
+	$(foreach s,$(SEEDS),$(call variant,alt-text-only,$(s),-S shard.long_text=alt_text \
+		$(foreach m,$(MODULES),-S $(m)=false)))
+	$(foreach s,$(SEEDS),$(call variant,hfa-final-head,$(s),-S train.fixclip.hfa_groups=4 \
+		-S train.fixclip.hfa_first_group=4))
+	$(foreach s,$(SEEDS),$(call variant,holistic-label-smoothing,$(s),$(HOLISTIC_3) \
+		-S train.holistic.label_smoothing=0.1))
+	$(foreach s,$(SEEDS),$(call variant,holistic-1-branch,$(s),$(HOLISTIC_3) -S train.holistic.num_branches=1))
+	git checkout -- params.yaml && dvc repro
+	python -m pipeline.experiments --baseline stretch-only --rows stretch-only full mask-ratio-0 alt-text-only \
+		hfa-final-head holistic holistic-label-smoothing holistic-1-branch
+deviations: repro
+	$(foreach s,$(SEEDS),$(call variant,paper-raster-regions,$(s),-S train.fixclip.prompt_regions=raster))
+	$(foreach s,$(SEEDS),$(call variant,paper-fresh-prompts,$(s),-S train.fixclip.prompt_layers=fresh))
+	$(foreach s,$(SEEDS),$(call variant,hfa-main-temperature,$(s),-S train.fixclip.hfa_logit_scale_init=100.0))
+	$(foreach s,$(SEEDS),$(call variant,hfa-no-warmup,$(s),-S train.fixclip.hfa_warmup_steps=0))
+	git checkout -- params.yaml && dvc repro
+	python -m pipeline.experiments --baseline full --rows full paper-raster-regions paper-fresh-prompts \
+		hfa-main-temperature hfa-no-warmup
 
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: envs
