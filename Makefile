@@ -85,6 +85,7 @@ define variant
 	git checkout -- params.yaml && dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
 
 endef
+comma := ,
 HOLISTIC_3 = -S train.method=holistic -S caption.captions_per_image=3
 controls: repro
 	$(foreach s,$(SEEDS),$(call variant,mask-ratio-0,$(s),-S train.fixclip.mask_ratio=0.0))
@@ -103,9 +104,12 @@ deviations: repro
 	$(foreach s,$(SEEDS),$(call variant,paper-fresh-prompts,$(s),-S train.fixclip.prompt_layers=fresh))
 	$(foreach s,$(SEEDS),$(call variant,hfa-main-temperature,$(s),-S train.fixclip.hfa_logit_scale_init=100.0))
 	$(foreach s,$(SEEDS),$(call variant,hfa-no-warmup,$(s),-S train.fixclip.hfa_warmup_steps=0))
+	$(foreach s,$(SEEDS),$(call variant,hfa-all-groups,$(s),-S train.fixclip.hfa_first_group=1 \
+		-S 'train.fixclip.hfa_weights=[1.0$(comma)1.0]'))
+	$(foreach s,$(SEEDS),$(call variant,prompt-lr-10x,$(s),-S train.fixclip.prompt_lr_scaled=true))
 	git checkout -- params.yaml && dvc repro
 	python -m pipeline.experiments --baseline full --rows full paper-raster-regions paper-fresh-prompts \
-		hfa-main-temperature hfa-no-warmup
+		hfa-main-temperature hfa-no-warmup hfa-all-groups prompt-lr-10x
 
 # pytest exits 5 when it collected no test: that is a failure here, said plainly.
 test: envs
