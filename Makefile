@@ -28,19 +28,20 @@ report:
 plots:
 	python -m pipeline.plots
 
-# The ablation table (docs/evaluation.md): each row is one `dvc exp run` per seed, named <row>-s<seed> (train and
-# evaluate rerun, the data is cached); `python -m pipeline.experiments` then gives each row's mean and spread over the
-# seeds, and each row's paired difference to stretch-only (same seed) with a 95% interval. A seed is both the
-# training seed and the shard order (shard.seed: which samples go to val and the order they are written in), so the
-# spread holds both sources of noise; each order's shards are made once and restored from DVC's run cache after.
-# Every run sets all switches and the seed, so runs do not inherit each other's params; the last run (seed 0 of the
-# full model) restores the default. Scores are the test split's; set-up choices are read on the development split
-# (--split dev). Arguments: row, seed, modules switched on, long text (caption | ground_truth: the captioner-free
-# control).
+# The ablation table (docs/evaluation.md): each row is one `dvc exp run evaluate` per seed, named <row>-s<seed>
+# (train and evaluate rerun, the data is cached; table runs stop at evaluate, since a table needs no export);
+# `python -m pipeline.experiments` then gives each row's mean and spread over the seeds, and each row's paired
+# difference to stretch-only (same seed) with a 95% interval. A seed is both the training seed and the shard order
+# (shard.seed: which samples go to val and the order they are written in), so the spread holds both sources of
+# noise; each order's shards are made once and restored from DVC's run cache after. Every run sets all switches and
+# the seed, so runs do not inherit each other's params; the last run (seed 0 of the full model) restores the default
+# (`make repro` then brings the export back in line). Scores are the test split's; set-up choices are read on the
+# development split (--split dev). Arguments: row, seed, modules switched on, long text (caption | ground_truth: the
+# captioner-free control).
 SEEDS = 0 1 2
 MODULES = train.fixclip.dual_branch train.fixclip.regional_prompts train.fixclip.hfa
 define exp
-	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S shard.long_text=$(4) \
+	dvc exp run evaluate -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S shard.long_text=$(4) \
 		$(foreach m,$(MODULES),-S $(m)=$(if $(filter $(m),$(3)),true,false))
 
 endef
@@ -61,7 +62,8 @@ ablation: repro
 # and two recaptionings), 2026-12-02.
 # Arguments: row, seed, train.method, caption.captions_per_image, train.caption_pool, train.holistic.captions_per_image.
 define method
-	dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S train.method=$(3) -S caption.captions_per_image=$(4) \
+	dvc exp run evaluate -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) -S train.method=$(3) \
+		-S caption.captions_per_image=$(4) \
 		-S train.caption_pool=$(5) -S train.holistic.captions_per_image=$(6) $(foreach m,$(MODULES),-S $(m)=true)
 
 endef
@@ -82,7 +84,7 @@ methods: repro
 # DVC's run cache. The Holistic controls need 3 captions per image (the caption stage's run cache holds them after
 # `make methods`). Arguments: row, seed, keys.
 define variant
-	git checkout -- params.yaml && dvc exp run -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
+	git checkout -- params.yaml && dvc exp run evaluate -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
 
 endef
 comma := ,
@@ -185,14 +187,15 @@ bench: envs
 
 # The long- vs short-text frontier (docs/evaluation.md, "The frontier"): stretch-only, FIX-CLIP, Long-CLIP and
 # Holistic CLIP (on the same one caption per image) at 3 learning rates x 2 budgets (epochs), one run each named
-# frontier-<method>-lr<rate>-e<epochs>-s0, then docs/frontier.png (long-text R@1 against zero-shot and against
-# alt-text R@1, one line per method) and its table; params.yaml is then restored (train and evaluate come back from
-# DVC's run cache).
+# frontier-<method>-lr<rate>-e<epochs>-s0, and stretch-only and FIX-CLIP past the grid's most trained corner (twice
+# the rate, twice the budget: both axes were still rising there); then docs/frontier.png (long-text R@1 against
+# zero-shot and against alt-text R@1, each method's front as a line) and its table; params.yaml is then restored
+# (train and evaluate come back from DVC's run cache).
 # Arguments: name, train.method, modules switched on, lr, epochs, train.holistic.captions_per_image.
 FRONTIER_LRS = 0.00025 0.0005 0.001
 FRONTIER_EPOCHS = 1.5 3.0
 define frontier_run
-	dvc exp run -n frontier-$(1)-lr$(4)-e$(5)-s0 -S train.seed=0 -S shard.seed=0 -S train.method=$(2) \
+	dvc exp run evaluate -n frontier-$(1)-lr$(4)-e$(5)-s0 -S train.seed=0 -S shard.seed=0 -S train.method=$(2) \
 		-S train.lr=$(4) -S train.epochs=$(5) -S train.holistic.captions_per_image=$(6) \
 		$(foreach m,$(MODULES),-S $(m)=$(if $(filter $(m),$(3)),true,false))
 
@@ -203,5 +206,9 @@ frontier: repro
 	$(call frontier_point,longclip,longclip,$(MODULES),3)
 	$(call frontier_point,holistic,holistic,$(MODULES),1)
 	$(call frontier_point,fixclip,fixclip,$(MODULES),3)
+	$(call frontier_run,stretch-only,fixclip,,0.002,3.0,3)
+	$(call frontier_run,stretch-only,fixclip,,0.001,6.0,3)
+	$(call frontier_run,fixclip,fixclip,$(MODULES),0.002,3.0,3)
+	$(call frontier_run,fixclip,fixclip,$(MODULES),0.001,6.0,3)
 	git checkout -- params.yaml && dvc repro
 	python -m pipeline.frontier --out docs/frontier.png

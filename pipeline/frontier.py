@@ -6,8 +6,10 @@ Reads the experiments (as `python -m pipeline.experiments` does) named `<prefix>
 e.g. frontier-fixclip-lr0.001-e3-s0 (a method may hold hyphens; the rate is a number such as 0.001 or 1e-4; the
 budget holds no hyphen). One point per method, rate and budget, the mean over its seeds: long-text R@1 (the mean of
 toy_long's I2T and T2I) against zero-shot top-1 (toy_zeroshot) in one panel and against alt-text R@1 (the mean of
-toy_short's I2T and T2I) in the other; a line joins each method's points in order of x, and the base model (the
-`.base.` values, mean over the runs) is one marked point. `--split dev` reads metrics/eval_dev.json.
+toy_short's I2T and T2I) in the other. Every point is drawn; a line joins each method's front in that panel (the
+points no other point of the method beats on both axes), in order of x, so one method lies above another where its
+line does. The base model (the `.base.` values, mean over the runs) is one marked point. `--split dev` reads
+metrics/eval_dev.json.
 """
 import re
 import statistics
@@ -60,6 +62,19 @@ def points(rows: dict[str, dict], pattern: re.Pattern) -> tuple[list[dict], dict
     return found, base
 
 
+def on_front(point: dict, others: list[dict], x_axis: str) -> bool:
+    """Whether no other point of the same method is at least as good on x and on long text, and better on one."""
+    def beats(other: dict) -> bool:
+        at_least = other[x_axis] >= point[x_axis] and other["long-text"] >= point["long-text"]
+        return at_least and (other[x_axis] > point[x_axis] or other["long-text"] > point["long-text"])
+    return not any(beats(o) for o in others if o is not point and o["method"] == point["method"])
+
+
+def fronts(point: dict, found: list[dict]) -> str:
+    """The panels (x axes) on whose front the point lies, comma-separated."""
+    return ", ".join(axis for axis in ("zero-shot", "alt-text") if on_front(point, found, axis))
+
+
 def spec(found: list[dict], base: dict, split: str) -> dict:
     """Two Vega-Lite panels, long-text R@1 against zero-shot and against alt-text, data inline."""
     data = [{**p, "label": f"lr{p['lr']} {p['budget']}"} for p in found]
@@ -68,9 +83,12 @@ def spec(found: list[dict], base: dict, split: str) -> dict:
 
     def panel(x_axis: str) -> dict:
         x = {"field": x_axis, "type": "quantitative", "title": TITLES[x_axis], "scale": {"zero": False}}
+        front = [p for p in data if on_front(p, data, x_axis)]
         return {"width": 360, "height": 300, "layer": [
-            {"data": {"values": data}, "mark": {"type": "line", "point": True},
+            {"data": {"values": front}, "mark": {"type": "line"},
              "encoding": {"x": x, "y": y, "color": colour, "order": {"field": x_axis, "type": "quantitative"}}},
+            {"data": {"values": data}, "mark": {"type": "point", "filled": True},
+             "encoding": {"x": x, "y": y, "color": colour}},
             {"data": {"values": data}, "mark": {"type": "text", "align": "left", "dx": 5, "dy": -6, "fontSize": 9},
              "encoding": {"x": x, "y": y, "color": colour, "text": {"field": "label"}}},
             {"data": {"values": [base]}, "mark": {"type": "point", "shape": "diamond", "filled": True, "size": 120,
@@ -83,10 +101,11 @@ def spec(found: list[dict], base: dict, split: str) -> dict:
 
 
 def table(found: list[dict], base: dict, split: str) -> str:
-    lines = [f"| method ({split} split) | lr | budget | n | zero-shot | long-text | alt-text |", "|---" * 7 + "|"]
+    lines = [f"| method ({split} split) | lr | budget | n | zero-shot | long-text | alt-text | on the front of |",
+             "|---" * 8 + "|"]
     for p in [base, *found]:
         lines.append(f"| {p['method']} | {p['lr']} | {p['budget']} | {p['n']} | {p['zero-shot']:.1f} | "
-                     f"{p['long-text']:.1f} | {p['alt-text']:.1f} |")
+                     f"{p['long-text']:.1f} | {p['alt-text']:.1f} | {fronts(p, found) if p is not base else ''} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from pipeline.frontier import main
+from pipeline.frontier import main, on_front
 from tests.conftest import assert_user_error
 from tests.dvc_experiments import experiment_repo
 
@@ -52,19 +52,22 @@ def sweep(tmp_path_factory):
 
 
 def rows(out: str) -> tuple[list[list], list[list[float]]]:
-    """The table's rows: [method, lr, budget, n] each, and their three values."""
-    cells = [line.strip("| ").split(" | ") for line in out.splitlines()[2:]]
-    return [[*c[:3], int(c[3])] for c in cells], [[float(v) for v in c[4:]] for c in cells]
+    """The table's rows: [method, lr, budget, n, fronts] each, and their three values."""
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()[2:]]
+    return [[*c[:3], int(c[3]), c[7]] for c in cells], [[float(v) for v in c[4:7]] for c in cells]
 
 
 def test_points_table_and_png(sweep, monkeypatch, capsys):
     monkeypatch.chdir(sweep)
     main(["--out", "plots/frontier.png"])
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "| method (test split) | lr | budget | n | zero-shot | long-text | alt-text |"
+    assert out.splitlines()[0] == ("| method (test split) | lr | budget | n | zero-shot | long-text | alt-text | "
+                                   "on the front of |")
     points, values = rows(out)
-    assert points == [["base", "", "", 4], ["fixclip", "0.001", "e1", 2], ["fixclip", "1e-2", "e2", 1],
-                      ["stretch-only", "0.001", "e1", 1]]
+    # Neither fixclip point beats the other on both axes of either panel: both are on both fronts.
+    both = "zero-shot, alt-text"
+    assert points == [["base", "", "", 4, ""], ["fixclip", "0.001", "e1", 2, both], ["fixclip", "1e-2", "e2", 1, both],
+                      ["stretch-only", "0.001", "e1", 1, both]]
     assert values == [[97.5, 16.5, 17.5], pytest.approx(expected("fixclip", 0.001, 1, [0, 1]), abs=ROUNDING),
                       pytest.approx(expected("fixclip", 0.01, 2, [0]), abs=ROUNDING),
                       pytest.approx(expected("stretch-only", 0.001, 1, [0]), abs=ROUNDING)]
@@ -78,7 +81,7 @@ def test_dev_split_and_another_prefix(sweep, monkeypatch, capsys):
     monkeypatch.chdir(sweep)
     main(["--out", "plots/sweep.png", "--split", "dev", "--prefix", "sweep"])
     points, values = rows(capsys.readouterr().out)
-    assert points == [["base", "", "", 1], ["fixclip", "0.005", "e3", 1]]
+    assert points == [["base", "", "", 1, ""], ["fixclip", "0.005", "e3", 1, "zero-shot, alt-text"]]
     dev = [v - 5 for v in expected("fixclip", 0.005, 3, [0])]
     assert values == [[92.5, 11.5, 12.5], pytest.approx(dev, abs=ROUNDING)]
     assert (sweep / "plots/sweep.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -89,3 +92,12 @@ def test_no_matching_experiment_is_a_user_error(sweep, monkeypatch, capsys):
     assert_user_error(capsys, lambda: main(["--out", "plots/none.png", "--prefix", "nope"]),
                       "nope-<method>-lr<rate>-<budget>-s<seed>")
     assert not (sweep / "plots/none.png").exists()
+
+
+def test_the_front_holds_the_points_no_other_point_of_the_method_beats_on_both_axes():
+    def point(method, x, y):
+        return {"method": method, "zero-shot": x, "long-text": y}
+    a, b, c, d = point("m", 80, 50), point("m", 90, 40), point("m", 79, 49), point("m", 80, 49)
+    other = point("n", 95, 60)  # another method's point beats them all but belongs to another line
+    found = [a, b, c, d, other]
+    assert [on_front(p, found, "zero-shot") for p in found] == [True, True, False, False, True]
