@@ -81,10 +81,13 @@ methods: repro
 # differ from the paper"): 3 seeds each, read against the ablation's and the methods table's rows of the same seeds
 # (run `make ablation methods` first, from the same commit). Each run starts from the committed params.yaml (local
 # edits to it are discarded) and changes only its keys; params.yaml is then restored and the default comes back from
-# DVC's run cache. The Holistic controls need 3 captions per image (the caption stage's run cache holds them after
-# `make methods`). Arguments: row, seed, keys.
+# DVC's run cache, except the captions: the Holistic controls recaption with 3 captions per image and the restore
+# recaptions with 1 (~4.5 min each; the caption stage's output persists, so the run cache does not hold it, and on
+# CPU ~1.6% of captions then differ: docs/pipeline.md, "Captioning with an MLLM"). Measured on 2 cores, 2026-12-06:
+# ~1.5 min a run (deviations: 18 runs, 29 min).
+# Arguments: row, seed, keys.
 define variant
-	git checkout -- params.yaml && dvc exp run evaluate -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
+	git checkout HEAD -- params.yaml && dvc exp run evaluate -n $(1)-s$(2) -S train.seed=$(2) -S shard.seed=$(2) $(3)
 
 endef
 comma := ,
@@ -98,7 +101,7 @@ controls: repro
 	$(foreach s,$(SEEDS),$(call variant,holistic-label-smoothing,$(s),$(HOLISTIC_3) \
 		-S train.holistic.label_smoothing=0.1))
 	$(foreach s,$(SEEDS),$(call variant,holistic-1-branch,$(s),$(HOLISTIC_3) -S train.holistic.num_branches=1))
-	git checkout -- params.yaml && dvc repro
+	git checkout HEAD -- params.yaml && dvc repro
 	python -m pipeline.experiments --baseline stretch-only --rows stretch-only full mask-ratio-0 alt-text-only \
 		hfa-final-head holistic holistic-label-smoothing holistic-1-branch
 deviations: repro
@@ -109,7 +112,7 @@ deviations: repro
 	$(foreach s,$(SEEDS),$(call variant,hfa-all-groups,$(s),-S train.fixclip.hfa_first_group=1 \
 		-S 'train.fixclip.hfa_weights=[1.0$(comma)1.0]'))
 	$(foreach s,$(SEEDS),$(call variant,prompt-lr-10x,$(s),-S train.fixclip.prompt_lr_scaled=true))
-	git checkout -- params.yaml && dvc repro
+	git checkout HEAD -- params.yaml && dvc repro
 	python -m pipeline.experiments --baseline full --rows full paper-raster-regions paper-fresh-prompts \
 		hfa-main-temperature hfa-no-warmup hfa-all-groups prompt-lr-10x
 
@@ -210,5 +213,5 @@ frontier: repro
 	$(call frontier_run,stretch-only,fixclip,,0.001,6.0,3)
 	$(call frontier_run,fixclip,fixclip,$(MODULES),0.002,3.0,3)
 	$(call frontier_run,fixclip,fixclip,$(MODULES),0.001,6.0,3)
-	git checkout -- params.yaml && dvc repro
+	git checkout HEAD -- params.yaml && dvc repro
 	python -m pipeline.frontier --out docs/frontier.png
