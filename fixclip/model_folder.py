@@ -17,9 +17,10 @@ import os
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from .base_model import ModelRef, build_clip, resolve_model_config
-from .checkpoint_formats import load_checkpoint, load_clip, read_state_dict
+from .checkpoint_formats import CheckpointError, load_checkpoint, load_clip, read_state_dict
 from .config import FixClipConfig
 from .methods import METHODS, method_of
 from .model import FixClip
@@ -67,13 +68,33 @@ def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path)
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
 
 
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; a CheckpointError (a user error naming the file) if it holds none."""
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return saved
+
+
+def _fixclip_config(path: Path) -> FixClipConfig:
+    saved = _json_object(path)
+    try:
+        return FixClipConfig.model_validate(saved)
+    except ValidationError as exc:  # the first error, on one line
+        first = exc.errors()[0]
+        raise CheckpointError(f"{path}: {'.'.join(map(str, first['loc'])) or 'top level'}: {first['msg']}") from None
+
+
 def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:
     """The model of the method that the folder's method.json names (FIX-CLIP without one) around ``clip``."""
     if not (folder / METHOD).is_file():
         return METHODS["fixclip"].build(clip, cfg, cfg)
-    saved = json.loads((folder / METHOD).read_text())
-    if saved["method"] not in METHODS:
-        raise ValueError(f"{folder / METHOD}: unknown method {saved['method']!r}")
+    saved = _json_object(folder / METHOD)
+    if saved.get("method") not in METHODS:
+        raise CheckpointError(f"{folder / METHOD}: unknown method {saved.get('method')!r} (known: {', '.join(METHODS)})")
     method = METHODS[saved["method"]]
     return method.build(clip, method.section.model_validate(saved["params"]), cfg)
 
@@ -89,8 +110,10 @@ def load_model_folder(folder: str | Path, base_config: ModelRef | None = None, p
     regional prompts of a model that has them (``FixClip.prompts_at_inference``)."""
     folder = Path(folder)
     model_config = folder / MODEL_CONFIG
+    if model_config.is_file():
+        _json_object(model_config)
     if (folder / FIXCLIP_CONFIG).is_file():
-        cfg = FixClipConfig.model_validate_json((folder / FIXCLIP_CONFIG).read_text())
+        cfg = _fixclip_config(folder / FIXCLIP_CONFIG)
         model = _build(folder, build_clip(model_config if model_config.is_file() else base_config), cfg)
         model.load_state_dict(read_state_dict(folder / WEIGHTS), strict=True)
         model.prompts_at_inference = prompts

@@ -34,6 +34,15 @@ def max_difference(ours: tuple[torch.Tensor, torch.Tensor], theirs: tuple[torch.
     return max(float((a - F.normalize(b.float(), dim=-1)).abs().max()) for a, b in zip(ours, theirs))
 
 
+def _usual_permissions(folder: Path) -> None:
+    """Give every file in ``folder`` the mode the umask gives a new file (safetensors writes its files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def write_verified(out_dir: str | Path, write: Callable[[Path], None], measure: Callable[[Path], float],
                    atol: float, what: str) -> float:
     """``write`` into a temporary sibling folder, ``measure`` the largest embedding difference of what loads from
@@ -45,6 +54,7 @@ def write_verified(out_dir: str | Path, write: Callable[[Path], None], measure: 
     tmp.mkdir(parents=True)
     try:
         write(tmp)
+        _usual_permissions(tmp)
         difference = measure(tmp)
         if not difference <= atol:
             raise ExportError(f"{what}: the exported model embeds differently from ours (max |difference| "

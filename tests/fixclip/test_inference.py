@@ -1,4 +1,5 @@
 """fixclip.load and the `python -m fixclip` CLI: embeddings and scores of image and text files, no DVC."""
+import shutil
 import subprocess
 import sys
 
@@ -61,11 +62,53 @@ def test_cli_user_error_is_one_line_exit_2_without_traceback(model_folder, tmp_p
     result = _cli("score", model_folder, "--images", tmp_path / "missing.png", "--texts", __file__, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     missing = tmp_path / "missing.png"
-    assert result.stderr.strip() == f"error: python -m fixclip score: argument --images: {missing}: no such file"
+    assert result.stderr.strip() == f"error: python -m fixclip score: argument --images: {missing}: no such file or folder"
+
+
+def test_cli_images_takes_a_folder(model_folder, tmp_path):
+    (tmp_path / "folder").mkdir()
+    images = _image_files(tmp_path / "folder")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\n")
+    by_folder = _cli("score", model_folder, "--images", tmp_path / "folder", "--texts", texts).stdout
+    by_files = _cli("score", model_folder, "--images", *images, "--texts", texts).stdout
+    assert by_folder == by_files and len(by_folder.splitlines()) == 1 + len(images)
+
+
+def test_cli_says_which_texts_it_cuts_at_the_context(model_folder, tmp_path):
+    """Two texts equal up to token ~260 score the same: the CLI says the model read them only in part."""
+    long_text = " and ".join(TEXTS[1:2] * 20)
+    texts = tmp_path / "texts.txt"
+    texts.write_text(f"a red circle\n{long_text}\n{long_text} and a green star\n")
+    result = _cli("score", model_folder, "--images", *_image_files(tmp_path), "--texts", texts)
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    tokens = len(fixclip.load(model_folder)[2].encode(long_text)) + 2
+    assert len(warning) == 1 and "reads 248 tokens" in warning[0], result.stderr
+    assert f"text 2 has {tokens} tokens" in warning[0] and "text 3 has" in warning[0] and "text 1 " not in warning[0]
+    scores = np.array([[float(v) for v in row.split("\t")[1:]] for row in result.stdout.splitlines()[1:]])
+    np.testing.assert_array_equal(scores[:, 1], scores[:, 2])  # what the warning is about
+    short = tmp_path / "short.txt"
+    short.write_text("a red circle\n")
+    assert "warning" not in _cli("score", model_folder, "--images", *_image_files(tmp_path), "--texts", short).stderr
+
+
+def test_cli_help_imports_neither_torch_nor_open_clip():
+    probe = ("import runpy, sys; sys.argv = ['fixclip', '--help']\n"
+             "try:\n    runpy.run_module('fixclip', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "usage: python -m fixclip" in result.stdout and result.stderr.strip() == "[]", result.stderr
 
 
 @pytest.mark.parametrize("case, names", [
     ("no_inputs", ["score needs --images and --texts"]),
+    ("empty_texts_file", ["--texts ", "blank.txt: no text in this file"]),
+    ("images_folder_without_images", ["empty: no images (.jpg"]),
+    ("corrupt_fixclip_json", ["broken/fixclip.json: not valid JSON"]),
+    ("invalid_fixclip_json", ["wrong/fixclip.json: mask_ratio"]),
+    ("corrupt_model_json", ["badbase/model.json: not valid JSON"]),
+    ("device_unknown", ["--device foo: not a device torch knows"]),
+    ("device_cuda_without_gpu", ["--device cuda: no CUDA device here"]),
     ("missing_model", ["nowhere: no such file or folder"]),
     ("not_a_model", ["empty: ", "fixclip.json"]),
     ("not_an_image", ["texts.txt: not an image Pillow can read"]),
@@ -80,6 +123,10 @@ def test_cli_user_errors(case, names, model_folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "cut.png").write_bytes(image.read_bytes()[:60])
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    _broken_copies(model_folder, tmp_path)
+    if case == "device_cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     argv = {
         "no_inputs": ["score", model_folder],
         "missing_model": ["score", tmp_path / "nowhere", "--images", image, "--texts", texts],
@@ -89,8 +136,24 @@ def test_cli_user_errors(case, names, model_folder, tmp_path, capsys):
         "texts_not_utf8": ["embed", model_folder, "--texts", tmp_path / "latin1.txt", "--out", tmp_path / "e.npz"],
         "out_folder_missing": ["embed", model_folder, "--texts", texts, "--out", tmp_path / "absent" / "e.npz"],
         "unknown_command": ["scores", model_folder],
+        "empty_texts_file": ["embed", model_folder, "--texts", tmp_path / "blank.txt", "--out", tmp_path / "e.npz"],
+        "images_folder_without_images": ["score", model_folder, "--images", tmp_path / "empty", "--texts", texts],
+        "corrupt_fixclip_json": ["score", tmp_path / "broken", "--images", image, "--texts", texts],
+        "invalid_fixclip_json": ["score", tmp_path / "wrong", "--images", image, "--texts", texts],
+        "corrupt_model_json": ["score", tmp_path / "badbase", "--images", image, "--texts", texts],
+        "device_unknown": ["score", model_folder, "--images", image, "--texts", texts, "--device", "foo"],
+        "device_cuda_without_gpu": ["score", model_folder, "--images", image, "--texts", texts, "--device", "cuda"],
     }[case]
     assert_user_error(capsys, lambda: main([str(a) for a in argv]), *names)
+
+
+def _broken_copies(model_folder, root):
+    """Copies of the model folder with fixclip.json cut, fixclip.json with a bad value and model.json cut."""
+    for name, file, text in (("broken", "fixclip.json", '{"dual_branch": tr'),
+                             ("wrong", "fixclip.json", '{"mask_ratio": "most"}'),
+                             ("badbase", "model.json", "{")):
+        shutil.copytree(model_folder, root / name)
+        (root / name / file).write_text(text)
 
 
 def test_a_bug_is_not_a_user_error():

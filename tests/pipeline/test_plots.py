@@ -1,18 +1,15 @@
 """`make plots` writes a page that shows every DVC plot with the network off; DVC's own page is the control (its
 scripts come from a CDN, so the same browser without network draws nothing)."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline.plots import main
+from tests.browser import drawn_share, need_chromium, offline
 from tests.conftest import REPO, assert_user_error
 
-CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 DVC = Path(sys.executable).parent / "dvc"
 PLOTS_YAML = """\
 plots:
@@ -27,19 +24,10 @@ plots:
 """
 
 
-def offline(*args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium in a network namespace of its own (no interface but a down loopback)."""
-    return subprocess.run(["unshare", "-rn", CHROMIUM, "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
-                           *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A git + DVC workspace with a line plot and a bar plot, both pages written."""
-    if CHROMIUM is None:
-        pytest.skip("no headless Chromium (Debian: apt-get install chromium-headless-shell; .ci/run installs it)")
-    if offline("--version").returncode:
-        pytest.skip("cannot start Chromium in a network namespace of its own here (unshare -rn)")
+    need_chromium()
     root = tmp_path_factory.mktemp("plots")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([DVC, "init", "-q"], cwd=root, check=True)
@@ -61,10 +49,7 @@ def test_the_offline_page_shows_every_plot_with_the_network_off(workspace, tmp_p
     page = workspace / "dvc_plots/offline.html"
     assert "<script" not in page.read_text()
     assert drawn_charts(page) == 2
-    shot = tmp_path / "page.png"
-    assert offline("--window-size=900,1000", f"--screenshot={shot}", page.as_uri()).returncode == 0
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    drawn = (np.abs(pixels - 255).sum(axis=2) > 60).mean()
+    drawn = drawn_share(page, tmp_path / "page.png")
     assert drawn > 0.02, f"only {drawn:.1%} of the page is drawn on"
 
 

@@ -2,6 +2,7 @@
 shorter and longer than 77 tokens up to and past 248); what cannot be exported faithfully is refused."""
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -168,3 +169,12 @@ def test_an_export_that_embeds_differently_never_replaces_the_folder(tmp_path):
     assert write_verified(out, lambda folder: (folder / "weights").write_text("new"), lambda folder: 0.0, 1e-5,
                           "test") == 0.0
     assert [p.name for p in out.iterdir()] == ["weights"]
+
+
+def test_exported_files_get_the_umask_s_permissions_like_every_other_output(exported):
+    """safetensors writes 0600; an export is meant to be shared and read by other users and tools."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for folder in exported[1:3] for p in folder.iterdir()}
+    assert "model.safetensors" in modes and "open_clip_model.safetensors" in modes
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
