@@ -1,5 +1,7 @@
 """DVC stage `export`: models/fixclip -> models/export/open_clip + models/export/transformers + metrics/export.json.
 
+Each folder also gets README.md, a model card generated from the run's params and metrics (fixclip/export/model_card).
+
 Each export is loaded back by its own library and must embed probe images and texts (up to 248 tokens) like our
 model within `export.atol`, or the stage fails and writes nothing for it. A model the format cannot express (e.g.
 Holistic CLIP's multi-branch image tower) is not exported: its folder holds only NOT_EXPORTED.txt with the reason,
@@ -11,15 +13,18 @@ evaluate stage scored this very model folder.
 """
 import json
 import shutil
+from dataclasses import replace
 import time
 from pathlib import Path
 
 from fixclip.export.folded import NotExpressible
 from fixclip.export.hf_folder import export_transformers
+from fixclip.export.model_card import RunFacts, model_card
 from fixclip.export.openclip_folder import export_open_clip
+from fixclip.methods import method_of
 from fixclip.model_folder import MODEL_CONFIG, WITHOUT_PROMPTS, load_model_folder
 from pipeline.outputs import write_bytes, write_json
-from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
+from pipeline.params import PARAMS_FILE, Params, ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
 
 OUT = Path("models/export")
@@ -27,6 +32,10 @@ METRICS = Path("metrics/export.json")
 EVAL_METRICS = Path("metrics/eval.json")
 FORMS = {"with_prompts": "trained", "without_prompts": WITHOUT_PROMPTS}  # contents' names: evaluate's rows
 NOT_EXPORTED = "NOT_EXPORTED.txt"
+CARD = "README.md"
+# The training params a model card lists (the method's own section is read from the model folder).
+CARD_TRAIN_KEYS = ("method", "batch_size", "grad_accum", "epochs", "samples", "lr", "weight_decay", "warmup_steps",
+                   "new_params_lr_scale", "caption_pool", "precision", "seed")
 EXPORTERS = {"open_clip": export_open_clip, "transformers": export_transformers}
 
 
@@ -57,14 +66,42 @@ def contents(model, evaluated: bool, eval_metrics: Path) -> dict:
     return held
 
 
+def run_facts(params: Params) -> RunFacts:
+    """What the model card says of how the run made its model (scores and method are added by ``run``)."""
+    source = params.source
+    if source.kind == "toyworld":
+        world = source.toyworld
+        dataset, data = "toyworld", (f"the toy world: {world.num_images} synthetic {world.image_size} px images of {world.min_objects}-"
+                f"{world.max_objects} shapes on a {world.grid} x {world.grid} grid (seed {world.seed})")
+    else:
+        dataset, data = source.url_list.path, f"the URL list {source.url_list.path}, downloaded with img2dataset"
+    train = params.train.model_dump()
+    return RunFacts(method=params.train.method, method_params={}, train={k: train[k] for k in CARD_TRAIN_KEYS},
+                    base_model=str(params.train.base_model.config), dataset=dataset, data=data,
+                    captioner=params.caption.model)
+
+
+def _facts_of(model, held: dict, evaluated: bool, eval_metrics: Path, facts: RunFacts) -> RunFacts:
+    method = method_of(model)
+    measured = {}
+    if evaluated and eval_metrics.is_file():
+        results = json.loads(eval_metrics.read_text())
+        measured = {row: scores(results, row) for row in ("base", "trained", WITHOUT_PROMPTS)
+                    if all(row in per_model for per_model in results.values())}
+    return replace(facts, method_params=method["params"] if method else model.cfg.model_dump(), scores=measured,
+                   image_tower=held["image_tower"], exported_row="trained" if model.prompts is None else WITHOUT_PROMPTS)
+
+
 def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, evaluated: bool = False,
-        eval_metrics: Path = EVAL_METRICS) -> dict:
+        eval_metrics: Path = EVAL_METRICS, facts: RunFacts | None = None) -> dict:
     config = Path(params.model) / MODEL_CONFIG
     if not config.is_file():
         raise ParamsError.invalid(PARAMS_FILE, [f"export.model: no {MODEL_CONFIG} in {params.model!r} (not a model "
                                                 "folder written by the train stage)"])
     model = load_model_folder(params.model)
     held = contents(model, evaluated, eval_metrics)
+    if facts is not None:
+        facts = _facts_of(model, held, evaluated, eval_metrics, facts)
     metrics = {"atol": params.atol, "contents": held}
     for name, export in EXPORTERS.items():
         start = time.perf_counter()
@@ -76,6 +113,8 @@ def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, eva
             metrics[name] = {"not_exported": str(exc)}
             print(f"export: {name}: not exported: {exc}")
             continue
+        if facts is not None:
+            write_bytes(out / name / CARD, model_card(name, str(out / name), facts).encode())
         metrics[name] = {"max_abs_difference": difference, "bytes": folder_bytes(out / name),
                          "seconds": round(time.perf_counter() - start, 3)}
         print(f"export: {out / name}: max |difference| {difference:.1e} (atol {params.atol:.0e})")
@@ -87,7 +126,7 @@ def main() -> None:
     params = load_params()
     evaluated = params.evaluate.trained_model is not None and (
         Path(params.evaluate.trained_model).resolve() == Path(params.export.model).resolve())
-    run(params.export, evaluated=evaluated)
+    run(params.export, evaluated=evaluated, facts=run_facts(params))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,12 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
         evaluation["toy_long"]["trained_without_prompts"][f"{d}_R@1"] for d in ("i2t", "t2i")]
     hf_config = json.loads((repo_copy / "models/export/transformers/config.json").read_text())
     assert hf_config["text_config"]["max_position_embeddings"] == 248
+    for library in ("open_clip", "transformers"):  # each export's model card holds evaluate's numbers
+        card = yaml.safe_load((repo_copy / "models/export" / library / "README.md").read_text().split("---\n")[1])
+        scored = {r["dataset"]["name"]: [m["value"] for m in r["metrics"]] for r in card["model-index"][0]["results"]}
+        assert scored == {benchmark: [round(per_model["trained_without_prompts"][key], 2) for key in
+                                      (["top1"] if "top1" in per_model["trained"] else ["i2t_R@1", "t2i_R@1"])]
+                          for benchmark, per_model in evaluation.items()}
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
     _commit(repo_copy, "run")

@@ -2,13 +2,17 @@
 CLIP's multi-branch image tower), writes the reason instead of a folder that would embed differently."""
 import json
 
+import yaml
+
 from fixclip.base_model import build_clip
 from fixclip.config import FixClipConfig, HolisticConfig
 from fixclip.holistic import HolisticClip
 from fixclip.model import FixClip
 from fixclip.model_folder import save_model_folder
+from pipeline.params import load_params
 from pipeline.params.export import ExportParams
-from stages.export import NOT_EXPORTED, run
+from stages.export import CARD, NOT_EXPORTED, run, run_facts
+from tests.conftest import REPO
 from tests.stages.test_evaluate import BASE_CONFIG
 
 
@@ -48,3 +52,39 @@ def test_holistic_model_is_not_exported_and_says_why(tmp_path):
     for name in ("open_clip", "transformers"):
         assert "HolisticClip.encode_image" in metrics[name]["not_exported"]
         assert [p.name for p in (tmp_path / "export" / name).iterdir()] == [NOT_EXPORTED]
+
+
+def test_each_export_carries_a_model_card_with_the_hub_s_header_and_the_run_s_scores(tmp_path):
+    model = FixClip(build_clip(BASE_CONFIG, seed=0), FixClipConfig())
+    folder = tmp_path / "model"
+    save_model_folder(model, BASE_CONFIG, folder)
+    results = {"toy_long": {"base": {"i2t_R@1": 17.9, "t2i_R@1": 15.0}, "trained": {"i2t_R@1": 53.2, "t2i_R@1": 51.6},
+                            "trained_without_prompts": {"i2t_R@1": 45.8, "t2i_R@1": 49.6}},
+               "toy_zeroshot": {"base": {"top1": 97.5}, "trained": {"top1": 88.5},
+                                "trained_without_prompts": {"top1": 91.9}}}
+    (tmp_path / "eval.json").write_text(json.dumps(results))
+    facts = run_facts(load_params(REPO / "params.yaml"))
+    run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json", evaluated=True,
+        eval_metrics=tmp_path / "eval.json", facts=facts)
+    for name, library in (("open_clip", "open_clip"), ("transformers", "transformers")):
+        card = (tmp_path / "export" / name / CARD).read_text()
+        _, head, body = card.split("---\n", 2)
+        meta = yaml.safe_load(head)
+        assert meta["library_name"] == library and meta["pipeline_tag"] == "zero-shot-image-classification"
+        assert meta["base_model"] == "assets/base_clip/model.json" and "fixclip" in meta["tags"]
+        scored = {r["dataset"]["name"]: [m["value"] for m in r["metrics"]] for r in meta["model-index"][0]["results"]}
+        assert scored == {"toy_long": [45.8, 49.6], "toy_zeroshot": [91.9]}  # the export's own row
+        assert "| toy_long | 45.8 / 49.6 | 53.2 / 51.6 | 17.9 / 15.0 |" in body
+        assert "| toy_zeroshot | 91.9 | 88.5 | 97.5 |" in body
+        assert "3000 synthetic 64 px images" in body and "`assets/tiny_llava/model`" in body
+        assert '"mask_ratio": 0.75' in body and '"lr": 0.0005' in body
+
+
+def test_a_model_card_without_an_evaluation_says_so(tmp_path):
+    model = FixClip(build_clip(BASE_CONFIG, seed=0), FixClipConfig())
+    folder = tmp_path / "model"
+    save_model_folder(model, BASE_CONFIG, folder)
+    run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json",
+        facts=run_facts(load_params(REPO / "params.yaml")))
+    card = (tmp_path / "export" / "open_clip" / CARD).read_text()
+    assert "model-index" not in card and "did not score this model folder" in card
