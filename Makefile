@@ -182,7 +182,7 @@ $(VLLM_VENV)/.ready: .ci/vllm_env_fix.py
 	$(VLLM_VENV)/bin/python .ci/vllm_env_fix.py
 	touch $@
 
-# Every bench/ script side by side with its anchor, plus dvc repro timings: one table and metrics/bench.json
+# Every bench/ script side by side with its anchor, plus dvc repro timings: one table and bench/results.json
 # (docs/development.md, "Tests and benchmarks"). Not part of `make test`.
 # Options: make bench BENCH_ARGS="--only shard --quick".
 bench: envs

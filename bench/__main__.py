@@ -1,4 +1,4 @@
-"""Run every bench script with warm-up and repeats, print one table, and write metrics/bench.json.
+"""Run every bench script with warm-up and repeats, print one table, and write bench/results.json.
 
     python -m bench [--only shard,train] [--quick] [--skip-full-repro]        (or: make bench BENCH_ARGS="...")
     python -m bench --only caption --sweep     (caption images/s over concurrency x max_num_seqs, to tune a GPU)
@@ -9,7 +9,7 @@ with nothing to do in this workspace (only when `dvc status` is clean: otherwise
 clone below once that is up to date), and from scratch in a temporary git clone of HEAD with the venvs symlinked and
 an empty DVC cache (committed work only). Table: ratio = ours / anchor, and `met` says whether the ratio
 (or, for the dvc rows, the time itself) meets the goal. A failed script is a failed row and makes the exit status 1;
-a missed goal is a finding, not a failure. metrics/bench.json holds one flat entry per row plus the machine, for
+a missed goal is a finding, not a failure. bench/results.json holds one flat entry per row plus the machine, for
 `dvc metrics show` / `dvc metrics diff`; with --only, the other benches' entries are kept.
 """
 import datetime
@@ -31,7 +31,7 @@ from bench.report import check_row, meets  # noqa: E402
 from fixclip.cli import ArgumentParser, UserError, user_errors  # noqa: E402
 
 VENV_BIN = REPO / ".venv/bin"
-METRICS = REPO / "metrics/bench.json"
+METRICS = REPO / "bench/results.json"
 # Table order, with (full, --quick) arguments. Each script does its own warm-up (or alternating runs) and repeats.
 SCRIPTS = {
     "source": (["--rows", "1000000", "--scale-rows", "3000000"], ["--rows", "100000", "--scale-rows", "300000"]),
@@ -88,7 +88,7 @@ class Row:
         return "yes" if self.met else "no"
 
     def metrics(self) -> dict:
-        """The row's flat entry in metrics/bench.json."""
+        """The row's flat entry in bench/results.json."""
         if self.skipped:
             return {"skipped": self.skipped}
         if self.failure:
@@ -269,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join([*SCRIPTS, NOOP, FULL])}")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes, fewer repeats, no full repro; a smoke check: metrics/bench.json untouched")
+                        help="small sizes, fewer repeats, no full repro; a smoke check: bench/results.json untouched")
     parser.add_argument("--skip-full-repro", action="store_true", help=f"skip {FULL} (~10 min)")
     parser.add_argument("--sweep", action="store_true", help="caption: images/s of the in_process engine over "
-                        "concurrency x max_num_seqs instead of the comparison; metrics/bench.json untouched")
+                        "concurrency x max_num_seqs instead of the comparison; bench/results.json untouched")
     with user_errors():
         args = parser.parse_args(argv)
         benches = selected(args.only, args.quick, args.skip_full_repro)

@@ -1,5 +1,5 @@
 """`python -m bench`'s runner on tiny fake bench scripts (real subprocesses): rows, goals, failures, the table and
-metrics/bench.json. No timing is asserted; the real benches are not run here."""
+bench/results.json. No timing is asserted; the real benches are not run here."""
 import json
 import sys
 import textwrap
@@ -58,7 +58,7 @@ def test_a_script_that_exits_non_zero_or_prints_no_result_is_a_failed_row(tmp_pa
 
 
 def test_metrics_file_has_one_flat_entry_per_row_and_keeps_other_benches_on_request(tmp_path):
-    path = tmp_path / "metrics/bench.json"
+    path = tmp_path / "bench/results.json"
     skipped = Row("repro-noop", "no-op dvc repro", unit="s", goal="<= 5", skipped="workspace not up to date")
     timed = Row("repro-full", "first full dvc repro", ours=9.5, unit="min", goal="<= 15")
     write_metrics(path, [skipped, timed], {"cores": 2}, keep_others=False)
