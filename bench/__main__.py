@@ -9,8 +9,8 @@ with nothing to do in this workspace (only when `dvc status` is clean: otherwise
 clone below once that is up to date), and from scratch in a temporary git clone of HEAD with the venvs symlinked and
 an empty DVC cache (committed work only). Table: ratio = ours / anchor, and `met` says whether the ratio
 (or, for the dvc rows, the time itself) meets the goal. A failed script is a failed row and makes the exit status 1;
-a missed goal is a finding, not a failure. bench/results.json holds one flat entry per row plus the machine, for
-`dvc metrics show` / `dvc metrics diff`; with --only, the other benches' entries are kept.
+a missed goal is a finding, not a failure. bench/results.json holds one flat entry per row plus the machine
+(`dvc metrics diff <rev> --targets bench/results.json`); with --only, the other benches' entries are kept.
 """
 import datetime
 import json

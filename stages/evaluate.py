@@ -3,8 +3,10 @@
 Reads the toy benchmark the benchmarks stage wrote (data/toy_benchmark/, the test split). Writes metrics/eval.json
 ({benchmark: {model: metrics}}), metrics/eval_dev.json (the toy benchmarks on the development split,
 data/toy_benchmark_dev/, as {"dev": {benchmark: {model: metrics}}}: set-up choices are read there, docs/evaluation.md)
-and plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
-model so a bar plot shows base and trained side by side).
+plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
+model so a bar plot shows base and trained side by side) and metrics/results.json: the trained model's (else the
+base model's) R@1 and top-1 alone, {benchmark: {i2t, t2i} or {top1}}, so that `dvc exp show` and `dvc metrics diff`
+lead with results (docs/pipeline.md, "Reading a run").
 """
 import csv
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fixclip.eval.encode import CachedEncoder
-from fixclip.eval.run import evaluate_all, plot_rows
+from fixclip.eval.run import evaluate_all, headline, plot_rows
 from fixclip.model_folder import WITHOUT_PROMPTS, load_base, load_model_folder
 from fixclip.train.distributed import pick_device
 from pipeline.benchmarks import DEV, DEV_TOY_DIR, TOY_DIR, dev_entries, load_benchmark
@@ -23,6 +25,7 @@ from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import BaseModelParams
 
 METRICS = Path("metrics/eval.json")
+RESULTS = Path("metrics/results.json")
 DEV_METRICS = Path("metrics/eval_dev.json")
 PLOTS = Path("plots/eval")
 
@@ -57,8 +60,16 @@ def write_plots(results: dict, models: list[str], plots_dir: Path) -> None:
             writer.writerows({"task": r["task"], "score": round(r["score"], 4)} for r in plot_rows(results, model))
 
 
+def results_of(results: dict) -> dict:
+    """The headline scores of the trained model (the base model when none is evaluated), rounded as reported."""
+    model = "trained" if all("trained" in per_model for per_model in results.values()) else "base"
+    return {benchmark: {key: round(score, 1) for key, score in headline(per_model[model]).items()}
+            for benchmark, per_model in results.items()}
+
+
 def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
-        plots_dir: Path = PLOTS, dev_toy_dir: Path = DEV_TOY_DIR, dev_metrics_path: Path = DEV_METRICS) -> dict:
+        plots_dir: Path = PLOTS, dev_toy_dir: Path = DEV_TOY_DIR, dev_metrics_path: Path = DEV_METRICS,
+        results_path: Path = RESULTS) -> dict:
     """Evaluate every model on every benchmark (and the toy ones on the development split), write metrics and
     plots; returns the test split's results."""
     device = eval_device(params.device)
@@ -71,6 +82,7 @@ def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, 
     dev = evaluate_all(encoders, {entry.name: load_benchmark(entry, dev_toy_dir)
                                   for entry in dev_entries(params.benchmarks)})
     write_json(metrics_path, results)
+    write_json(results_path, results_of(results))
     write_json(dev_metrics_path, {DEV: dev})
     write_plots(results, list(models), plots_dir)
     print(f"evaluate: {len(results)} benchmarks x {len(models)} models on {device} in "

@@ -47,13 +47,17 @@ def evaluate_all(encoders: list[CachedEncoder], benchmarks: dict[str, Benchmark]
             for name, benchmark in benchmarks.items()}
 
 
+HEADLINE_LABELS = {"i2t": "I2T R@1", "t2i": "T2I R@1", "top1": "top-1"}
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """One model's headline scores on one benchmark: {"i2t", "t2i"} R@1 for retrieval, {"top1"} for classification."""
+    if "top1" in metrics:
+        return {"top1": metrics["top1"]}
+    return {d: metrics[f"{d}_R@1"] for d in ("i2t", "t2i")}
+
+
 def plot_rows(results: dict[str, dict[str, dict]], model: str) -> list[dict]:
     """One row per benchmark and direction for a bar plot: I2T / T2I R@1 for retrieval, top-1 for classification."""
-    rows = []
-    for benchmark, per_model in results.items():
-        metrics = per_model[model]
-        if "top1" in metrics:
-            rows.append({"task": f"{benchmark} top-1", "score": metrics["top1"]})
-        else:
-            rows += [{"task": f"{benchmark} {d.upper()} R@1", "score": metrics[f"{d}_R@1"]} for d in ("i2t", "t2i")]
-    return rows
+    return [{"task": f"{benchmark} {HEADLINE_LABELS[key]}", "score": score}
+            for benchmark, per_model in results.items() for key, score in headline(per_model[model]).items()]

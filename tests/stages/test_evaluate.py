@@ -40,7 +40,7 @@ def _toy_splits(tmp_path: Path) -> dict:
     generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path / "toy")
     generate(SMALL_TOY.development(), WORLD, DOWNLOAD, tmp_path / "toy_dev")
     return {"toy_dir": tmp_path / "toy", "dev_toy_dir": tmp_path / "toy_dev",
-            "dev_metrics_path": tmp_path / "metrics/eval_dev.json"}
+            "dev_metrics_path": tmp_path / "metrics/eval_dev.json", "results_path": tmp_path / "metrics/results.json"}
 
 
 def test_stage_writes_base_and_trained_side_by_side(tmp_path):
@@ -54,6 +54,10 @@ def test_stage_writes_base_and_trained_side_by_side(tmp_path):
 
     written = json.loads((tmp_path / "metrics/eval.json").read_text())
     assert written == json.loads(json.dumps(results))
+    headline = json.loads((tmp_path / "metrics/results.json").read_text())  # the trained model's R@1 / top-1 alone
+    assert headline["toy_long"] == {d: round(written["toy_long"]["trained"][f"{d}_R@1"], 1) for d in ("i2t", "t2i")}
+    assert headline["toy_zeroshot"] == {"top1": round(written["toy_zeroshot"]["trained"]["top1"], 1)}
+    assert set(headline) == set(written)
     assert set(written) == {"toy_long", "toy_long_cut77", "toy_layout", "toy_short", "toy_short_scenes",
                             "toy_zeroshot", "toy_zeroshot_colour", "toy_zeroshot_shape"}
     # The development split: the same benchmarks and models on other scenes, so other scores.
@@ -89,7 +93,8 @@ def test_cuda_without_a_gpu_fails_before_any_work(tmp_path):
     params = EvaluateParams.model_validate({"toy": SMALL_TOY.model_dump(), "device": "cuda", "trained_model": None})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
     with pytest.raises(ParamsError, match="evaluate.device"):
-        run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots")
+        run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
+            results_path=tmp_path / "results.json")
     assert not any(tmp_path.iterdir())
 
 
