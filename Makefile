@@ -15,14 +15,20 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report plots test envs ablation methods controls deviations bench frontier
+.PHONY: repro report plots gallery test envs ablation methods controls deviations bench frontier
 repro: envs
 	dvc repro
 	python -m pipeline.report
+	python -m pipeline.gallery
 
 # One line per stage and the evaluation table, from metrics/*.json (other views: docs/pipeline.md, "Reading a run").
 report:
 	python -m pipeline.report
+
+# The data of the run on one page that opens from disk (gallery/index.html; docs/pipeline.md, "Reading a run"):
+# a sample of each split, every fate, every dropped image by reason. ~3 s on the default.
+gallery:
+	python -m pipeline.gallery
 
 # Every DVC plot on one page that renders with no network (dvc_plots/offline.html; `dvc plots show` needs a CDN).
 plots:

@@ -121,6 +121,8 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
         assert scored == {benchmark: [round(per_model["trained_without_prompts"][key], 2) for key in
                                       (["top1"] if "top1" in per_model["trained"] else ["i2t_R@1", "t2i_R@1"])]
                           for benchmark, per_model in evaluation.items()}
+    gallery = run(["python", "-m", "pipeline.gallery"], repo_copy)  # make repro's last step, on the real outputs
+    assert "gallery: 40 URLs, every one accounted for: True" in gallery.stdout
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
     _commit(repo_copy, "run")

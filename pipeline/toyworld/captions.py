@@ -294,6 +294,58 @@ def parse_caption(text: str) -> ParsedCaption:
 
 
 METRICS = ("count", "background", "cell", "colour", "shape", "size", "fill", "precision", "exact")
+ATTRIBUTES = {"colour": "colour", "shape": "shape", "size": "size", "fill": "texture"}  # parsed name: scene name
+
+
+@dataclass
+class ObjectVerdict:
+    """One ground-truth object against a caption: ``found`` is the one parsed object naming its cell (None when no
+    object, or more than one, does)."""
+
+    truth: dict
+    found: ParsedObject | None
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        """{attribute: right} of the found object (empty when not found)."""
+        if self.found is None:
+            return {}
+        return {name: getattr(self.found, name) == self.truth[key] for name, key in ATTRIBUTES.items()}
+
+
+@dataclass
+class CaptionVerdict:
+    """One caption against its scene: the parse, count and background right or not, each ground-truth object's
+    verdict, and ``placed``, the parsed objects that are the only object of a cell holding a ground-truth object."""
+
+    parsed: ParsedCaption
+    truth: dict
+    count_ok: bool
+    background_ok: bool
+    objects: list[ObjectVerdict]
+    placed: int
+
+    @property
+    def exact(self) -> bool:
+        return (self.count_ok and self.background_ok and self.placed == len(self.parsed.objects)
+                and all(v.found is not None and all(v.checks.values()) for v in self.objects))
+
+
+def judge_caption(text: str, scene) -> CaptionVerdict:
+    """Compare one caption with its scene (a toyworld.Scene, its JSON or dict), object by object."""
+    truth = _scene_dict(scene)
+    parsed = parse_caption(text or "")
+    by_cell: dict = {}
+    for p in parsed.objects:
+        by_cell.setdefault(p.cell, []).append(p)
+    verdicts = []
+    for o in truth["objects"]:
+        found = by_cell.get((o["row"], o["col"]), [])
+        verdicts.append(ObjectVerdict(o, found[0] if len(found) == 1 else None))
+    truth_cells = {(o["row"], o["col"]) for o in truth["objects"]}
+    placed = sum(1 for cell, found in by_cell.items() if cell in truth_cells and len(found) == 1)
+    return CaptionVerdict(parsed, truth, parsed.count == len(truth["objects"]),
+                          parsed.background == truth["background"], verdicts, placed)
 
 
 def score_captions(pairs) -> dict:
@@ -314,38 +366,18 @@ def score_captions(pairs) -> dict:
     totals = dict.fromkeys(METRICS, 0)
     n_captions = n_objects = n_parsed = 0
     for text, scene in pairs:
-        truth = _scene_dict(scene)
-        parsed = parse_caption(text or "")
+        verdict = judge_caption(text, scene)
         n_captions += 1
-        count_ok = parsed.count == len(truth["objects"])
-        bg_ok = parsed.background == truth["background"]
-        totals["count"] += count_ok
-        totals["background"] += bg_ok
-        by_cell: dict = {}
-        for p in parsed.objects:
-            by_cell.setdefault(p.cell, []).append(p)
-        all_right = count_ok and bg_ok
-        truth_cells = set()
-        for o in truth["objects"]:
+        totals["count"] += verdict.count_ok
+        totals["background"] += verdict.background_ok
+        for found in verdict.objects:
             n_objects += 1
-            cell = (o["row"], o["col"])
-            truth_cells.add(cell)
-            found = by_cell.get(cell, [])
-            if len(found) != 1:
-                all_right = False
-                continue
-            p = found[0]
-            totals["cell"] += 1
-            checks = {"colour": p.colour == o["colour"], "shape": p.shape == o["shape"],
-                      "size": p.size == o["size"], "fill": p.fill == o["texture"]}
-            for name, ok in checks.items():
+            totals["cell"] += found.found is not None
+            for name, ok in found.checks.items():
                 totals[name] += ok
-            all_right &= all(checks.values())
-        good = sum(1 for cell, found in by_cell.items() if cell in truth_cells and len(found) == 1)
-        totals["precision"] += good
-        n_parsed += len(parsed.objects)
-        all_right &= good == len(parsed.objects)
-        totals["exact"] += all_right
+        totals["precision"] += verdict.placed
+        n_parsed += len(verdict.parsed.objects)
+        totals["exact"] += verdict.exact
     result = {}
     for name in METRICS:
         denominator = {"cell": n_objects, "colour": n_objects, "shape": n_objects, "size": n_objects,
