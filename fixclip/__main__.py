@@ -62,8 +62,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     search = commands.add_parser("search", help="rank images by one (long) description: the top-k with scores")
     _model_arguments(search)
     search.add_argument("query", help="the description (up to the model's context: 248 tokens after the stretch)")
-    search.add_argument("--images", type=existing_path, nargs="+", required=True,
-                        help="image files, folders of them, webdataset shards (.tar) or folders of shards")
+    search.add_argument("--images", type=existing_path, action="append", required=True,
+                        help="an image file, a folder of them, a webdataset shard (.tar) or a folder of shards; "
+                             "repeat for more")
     search.add_argument("--top-k", type=positive, default=5, help="how many to show (5)")
     search.add_argument("--html", type=Path, help="also write the results as a self-contained HTML page")
     args = parser.parse_args(argv)

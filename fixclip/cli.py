@@ -34,9 +34,20 @@ def user_errors(*also: type[Exception]) -> Iterator[None]:
         raise SystemExit(USAGE_ERROR) from None
 
 
+def _stat(value: str) -> Path:
+    """The path, once the system can look it up (a name too long for the file system is a user error too)."""
+    path = Path(value)
+    try:
+        path.exists()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value[:80]}{'...' if len(value) > 80 else ''}: not a path "
+                                         f"({exc.strerror})") from None
+    return path
+
+
 def existing_file(value: str) -> Path:
     """argparse type: a path that is a readable file."""
-    path = Path(value)
+    path = _stat(value)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{value}: {'not a file' if path.exists() else 'no such file'}")
     return path
@@ -44,7 +55,7 @@ def existing_file(value: str) -> Path:
 
 def existing_path(value: str) -> Path:
     """argparse type: a path that exists (a file or a folder)."""
-    path = Path(value)
+    path = _stat(value)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{value}: no such file or folder")
     return path
@@ -52,7 +63,7 @@ def existing_path(value: str) -> Path:
 
 def existing_folder(value: str) -> Path:
     """argparse type: a path that is a folder."""
-    path = Path(value)
+    path = _stat(value)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{value}: {'not a folder' if path.exists() else 'no such folder'}")
     return path

@@ -58,12 +58,15 @@ def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, image
     expected = sorted(((float(row.split("\t")[1]), row.split("\t")[0]) for row in scored.splitlines()[1:]),
                       reverse=True)[:3]
 
-    from_files = _table(_search(model_folder, QUERY, "--images", images / "images", "--top-k", 3).stdout)
+    from_files = _table(_search(model_folder, "--images", images / "images", QUERY, "--top-k", 3).stdout)
     assert [row[0] for row in from_files] == ["1", "2", "3"]
     assert [row[2] for row in from_files] == [name for _, name in expected]
     np.testing.assert_allclose([float(row[1]) for row in from_files], [s for s, _ in expected], atol=1e-4)
 
     from_shards = _table(_search(model_folder, QUERY, "--images", images / "shards", "--top-k", 3).stdout)
+    both = _table(_search(model_folder, QUERY, "--images", images / "shards", "--images", images / "images",
+                          "--top-k", 6).stdout)
+    assert [row[1] for row in both][::2] == [row[1] for row in from_files]  # each image twice: file and sample
     assert [row[1] for row in from_shards] == [row[1] for row in from_files]
     names = [row[2].rsplit("#", 1)[1] for row in from_shards]
     assert names == [row[2].rsplit("/", 1)[1].removesuffix(".png") for row in from_files]
@@ -98,6 +101,7 @@ def test_the_results_page_renders_offline(model_folder, images):
 @pytest.mark.parametrize("case, names", [
     ("folder_without_images", ["--images ", "notes: no images (.jpg", "or webdataset shards (.tar)"]),
     ("missing_path", ["argument --images: ", "nowhere: no such file or folder"]),
+    ("query_taken_for_a_path", ["argument --images: ", "xxxxx...: not a path (File name too long)"]),
     ("empty_query", ["the query is empty"]),
     ("zero_top_k", ["argument --top-k: 0: not a whole number >= 1"]),
     ("html_folder_missing", ["--html: ", "absent: no such folder"]),
@@ -112,6 +116,7 @@ def test_search_user_errors(case, names, model_folder, images, capsys):
     argv = {
         "folder_without_images": [model_folder, QUERY, "--images", images / "notes"],
         "missing_path": [model_folder, QUERY, "--images", images / "nowhere"],
+        "query_taken_for_a_path": [model_folder, "--images", "x" * 300, QUERY],
         "empty_query": [model_folder, "  ", "--images", images / "images"],
         "zero_top_k": [model_folder, QUERY, "--images", images / "images", "--top-k", "0"],
         "html_folder_missing": [model_folder, QUERY, "--images", images / "images", "--html", images / "absent" / "p"],
