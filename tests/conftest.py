@@ -1,5 +1,7 @@
 """Shared fixtures: a loopback HTTP server with programmable routes, and a throwaway copy of this repository."""
+import contextlib
 import hashlib
+import ipaddress
 import os
 import shutil
 import socket
@@ -16,17 +18,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Routes(dict):
-    """path -> (status, content_type, body, delay_s)."""
+    """path -> (status, content_type, body, delay_s); a 3xx body is the redirect's Location. `seen` lists the
+    paths of every request the server received."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
 
 
 def _handler(routes: Routes):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
+            routes.seen.append(self.path)
             status, content_type, body, delay = routes.get(self.path.split("?")[0], (404, "text/plain", b"not found", 0))
             if delay:
                 time.sleep(delay)
             try:
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", body.decode())
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -40,17 +50,28 @@ def _handler(routes: Routes):
     return Handler
 
 
+@contextlib.contextmanager
+def serve(routes: Routes, host: str = "127.0.0.1"):
+    """A real HTTP server on the loopback address `host` (IPv4 or IPv6) serving `routes`; yields its port."""
+    assert ipaddress.ip_address(host).is_loopback, "tests serve on loopback only"
+    server_class = type("Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6 if ":" in host
+                                                           else socket.AF_INET, "daemon_threads": True})
+    server = server_class((host, 0), _handler(routes))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def http_server():
     """A real HTTP server on 127.0.0.1; yields (base_url, routes) and stops it afterwards."""
     routes = Routes()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", routes
-    server.shutdown()
-    server.server_close()
+    with serve(routes) as port:
+        yield f"http://127.0.0.1:{port}", routes
 
 
 def free_port() -> int:

@@ -66,6 +66,7 @@ def test_injected_benchmark_copies_are_dropped_and_counted(repo_copy):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["source"]["kind"] = "url_list"
     params["source"]["url_list"].update(path="inputs/urls.csv")
+    params["download"]["allow_file_roots"] = ["inputs"]  # the guard opens file: URLs under data/toyworld only
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _commit(root, "injected")
 

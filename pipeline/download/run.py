@@ -1,7 +1,9 @@
 """img2dataset, driven from params, with exact accounting of every URL.
 
 - Options in params `download` are passed to `img2dataset.download` by name (`extra` takes any other option).
-- Repo-relative `file:` URLs (the toy world's) are made absolute for the workers, whatever their working folder.
+- Every URL is opened through the download guard (pipeline/download/guard.py): other schemes, files outside the
+  allowed roots and connections to non-public addresses are refused (class `refused`) unless params open them.
+  Repo-relative `file:` URLs (the toy world's) stay so in the records; the guard opens them under `root`.
 - Resumable: img2dataset's incremental mode skips shards whose stats file exists; a fingerprint of the URL list
   and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
 - Speed survives a resume: `runs.jsonl` in the folder records the seconds and successes of every run that
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.download.guard import REFUSED, Policy
 from pipeline.outputs import write_bytes
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
@@ -42,6 +45,7 @@ RUNS = "runs.jsonl"  # the same: one line per run of this fingerprint that downl
 
 # (class, pattern on img2dataset's error_message), first match wins; HTTP codes become http_<code>.
 FAILURE_CLASSES = [
+    ("refused", re.compile(re.escape(REFUSED))),
     ("timeout", re.compile(r"timed out|timeout", re.I)),
     ("connection_refused", re.compile(r"connection refused", re.I)),
     ("connection_reset", re.compile(r"connection reset|remote end closed|broken pipe", re.I)),
@@ -74,7 +78,7 @@ def img2dataset_options(params: DownloadParams) -> dict:
     import img2dataset  # here, not at the top: it pulls in torch (~3 s) and params errors must come first
 
     accepted = set(inspect.signature(img2dataset.download).parameters)
-    options = params.model_dump(exclude={"extra"})
+    options = params.model_dump(exclude={"extra", "allow_networks", "allow_file_roots"})
     reserved = {"url_list", "output_folder", "input_format", "output_format", "url_col", "caption_col",
                 "save_additional_columns", "incremental_mode", "enable_wandb"}
     for key in params.extra:
@@ -87,19 +91,11 @@ def img2dataset_options(params: DownloadParams) -> dict:
     return {**options, **params.extra}
 
 
-def resolve_file_urls(urls: pd.Series, root: Path) -> pd.Series:
-    """`file:relative/path` -> `file:///abs/path`; other URLs unchanged."""
-    def resolve(url: str) -> str:
-        if url.startswith("file:") and not url.startswith("file:/"):
-            return (root / url[len("file:"):]).resolve().as_uri()
-        return url
-
-    return urls.map(resolve)
-
-
-def fingerprint(urls_path: Path, options: dict) -> str:
+def fingerprint(urls_path: Path, options: dict, opened: dict) -> str:
+    """Of the URL list, the img2dataset options and what the guard opens (a change can turn refusals into images)."""
     digest = hashlib.sha256(Path(urls_path).read_bytes())
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(opened, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -165,12 +161,15 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
     """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting."""
     import img2dataset  # see img2dataset_options
 
+    from pipeline.download.worker import guarded_downloads
+
     options = img2dataset_options(params)
+    policy = Policy.from_params(root, params.allow_networks, params.allow_file_roots)
     distributed = (ray_session(None, None, num_cpus=params.processes_count)
                    if params.distributor == "ray" else contextlib.nullcontext())
     urls = pd.read_parquet(urls_path)
-    prepare_output(out_dir, fingerprint(urls_path, options))
-    urls["url"] = resolve_file_urls(urls["url"], root)
+    prepare_output(out_dir, fingerprint(urls_path, options, {"networks": params.allow_networks,
+                                                             "file_roots": params.allow_file_roots}))
     extra_columns = [c for c in urls.columns if c not in ("url", "alt_text")]
     if params.distributor == "pyspark":
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -180,7 +179,7 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
         urls.to_parquet(url_file, index=False)
         before = finished_shards(out_dir)
         start = time.perf_counter()
-        with distributed:  # timed, like the Spark session img2dataset starts itself
+        with distributed, guarded_downloads(policy):  # timed, like the Spark session img2dataset starts itself
             img2dataset.download(
                 url_list=str(url_file),
                 input_format="parquet",

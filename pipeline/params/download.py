@@ -1,7 +1,8 @@
 """The `download:` section: img2dataset's options, passed through by name."""
+import ipaddress
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.params.section import Section
 
@@ -25,3 +26,16 @@ class DownloadParams(Section):
     # Decompression-bomb guard on the original image (Pillow's own default limit, in pixels).
     max_image_area: int = Field(89_478_485, ge=1)
     extra: dict = {}
+    # The download guard (docs/pipeline.md, "Security"): networks and file roots opened on purpose.
+    allow_networks: list[str] = []
+    allow_file_roots: list[str] = []
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for net in networks:
+            try:
+                ipaddress.ip_network(net)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR, host bits zero): {net!r}") from None
+        return networks

@@ -14,6 +14,8 @@ from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
 from tests.conftest import free_port
 
+LOOPBACK = ["127.0.0.0/8"]  # the download guard refuses loopback unless opened (test_guard.py)
+
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buffer = io.BytesIO()
@@ -77,7 +79,8 @@ def _read_shards(out_dir):
 def test_every_url_accounted(tmp_path, http_server):
     base, routes = http_server
     expected = _cases(base, routes)
-    params = DownloadParams(image_size=32, timeout=1, processes_count=1, thread_count=4, number_sample_per_shard=4)
+    params = DownloadParams(image_size=32, timeout=1, processes_count=1, thread_count=4, number_sample_per_shard=4,
+                            allow_networks=LOOPBACK)
     summary = download_run.run(params, _urls_file(tmp_path, list(expected)), tmp_path / "raw")
 
     assert summary["urls"] == len(expected)
@@ -100,14 +103,17 @@ def test_every_url_accounted(tmp_path, http_server):
 
 
 def test_file_urls_relative_to_the_repo(tmp_path):
+    """A relative `file:` URL opens under the repo (an allowed root), and stays relative in the samples' json."""
     (tmp_path / "imgs").mkdir()
     _photo().save(tmp_path / "imgs" / "a.png")
     urls = pd.DataFrame({"url": ["file:imgs/a.png", "file:imgs/absent.png"], "uid": ["a", "b"],
                          "alt_text": ["x", "y"]})
     urls.to_parquet(tmp_path / "urls.parquet")
-    summary = download_run.run(DownloadParams(processes_count=1, thread_count=2), tmp_path / "urls.parquet",
-                           tmp_path / "raw", root=tmp_path)
+    summary = download_run.run(DownloadParams(processes_count=1, thread_count=2, allow_file_roots=["imgs"]),
+                               tmp_path / "urls.parquet", tmp_path / "raw", root=tmp_path)
     assert summary["success"] == 1 and summary["failures"] == {"file_not_found": 1}
+    records, members = _read_shards(tmp_path / "raw")
+    assert [json.loads(b)["url"] for n, b in members.items() if n.endswith(".json")] == ["file:imgs/a.png"]
 
 
 def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, http_server):
@@ -115,7 +121,8 @@ def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, htt
     routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
     urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(6)])
     out = tmp_path / "raw"
-    params = DownloadParams(image_size=32, processes_count=1, thread_count=2, number_sample_per_shard=3)
+    params = DownloadParams(image_size=32, processes_count=1, thread_count=2, number_sample_per_shard=3,
+                            allow_networks=LOOPBACK)
     download_run.run(params, urls, out)
     finished = (out / "00000.tar").stat().st_mtime_ns
     (out / "00001_stats.json").unlink()  # as if killed while writing the second shard
@@ -161,7 +168,7 @@ def _nine_urls_one_gone(tmp_path, http_server, distributor):
     routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
     urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(8)] + [f"{base}/gone.jpg"])
     params = DownloadParams(image_size=32, processes_count=2, thread_count=2, number_sample_per_shard=3,
-                            distributor=distributor)
+                            distributor=distributor, allow_networks=LOOPBACK)
     summary = download_run.run(params, urls, tmp_path / "raw")
     assert summary["success"] == 8 and summary["failures"] == {"http_404": 1} and summary["shards"] == 3
 

@@ -1,0 +1,36 @@
+"""img2dataset's download workers, each with the download guard installed (pipeline/download/guard.py).
+
+`img2dataset.download` builds one `Downloader` and hands it to its distributor, which pickles it to every worker
+process (multiprocessing, Spark or Ray) and calls it once per shard. `guarded_downloads` makes it build ours, which
+installs the guard's opener in the process it is called in before downloading a shard.
+"""
+import contextlib
+import functools
+import importlib
+import urllib.request
+
+from img2dataset.downloader import Downloader
+
+from pipeline.download.guard import Policy, opener
+
+
+class GuardedDownloader(Downloader):
+    def __init__(self, policy: Policy, **kwargs):
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    def __call__(self, row):
+        urllib.request.install_opener(opener(self.policy))
+        return super().__call__(row)
+
+
+@contextlib.contextmanager
+def guarded_downloads(policy: Policy):
+    """Inside the block, `img2dataset.download` downloads through GuardedDownloader."""
+    main = importlib.import_module("img2dataset.main")  # the module: the package's `main` is its CLI function
+    original = main.Downloader
+    main.Downloader = functools.partial(GuardedDownloader, policy)
+    try:
+        yield
+    finally:
+        main.Downloader = original
