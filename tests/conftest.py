@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +73,16 @@ def http_server():
     routes = Routes()
     with serve(routes) as port:
         yield f"http://127.0.0.1:{port}", routes
+
+
+def full_params(override: dict) -> dict:
+    """The repository's params.yaml with `override` merged in (mappings key by key), as a stage must read it: every
+    key present."""
+    from pipeline.profile import merge
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    merge(params, override)
+    return params
 
 
 def free_port() -> int:

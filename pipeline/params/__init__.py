@@ -108,23 +108,43 @@ def _describe(error: dict) -> str:
     return f"{key}: {what}, got {error['input']!r}"
 
 
-def parse_params(raw: object, origin: str = PARAMS_FILE) -> Params:
-    """Validate an already-loaded mapping; raises ParamsError naming each bad key."""
+def missing_keys(schema: type[Section], raw: dict, prefix: str = "") -> list[str]:
+    """The keys of `schema` that `raw` does not spell out, by path (a missing section is one key)."""
+    missing = []
+    for name, field in schema.model_fields.items():
+        if name not in raw:
+            missing.append(f"{prefix}{name}")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, Section) \
+                and isinstance(raw[name], dict):
+            missing += missing_keys(field.annotation, raw[name], f"{prefix}{name}.")
+    return missing
+
+
+def parse_params(raw: object, origin: str = PARAMS_FILE, complete: bool = False) -> Params:
+    """Validate an already-loaded mapping; raises ParamsError naming each bad key. `complete`: as a params file,
+    every key must be there (no hidden defaults); else an absent key takes the schema's default."""
+    raw = raw if raw is not None else {}
+    missing = missing_keys(Params, raw) if complete and isinstance(raw, dict) else []
+    problems = [f"{key}: missing key" for key in missing]
     try:
-        return Params.model_validate(raw if raw is not None else {})
+        params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError.invalid(origin, [_describe(e) for e in exc.errors()]) from None
+        problems += [_describe(e) for e in exc.errors()]
+    if problems:
+        raise ParamsError.invalid(origin, problems)
+    return params
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml (the whole file: every stage checks every section before any work)."""
+    """Read and validate params.yaml (the whole file, every key spelt out: every stage checks every section before
+    any work)."""
     try:
         raw = read_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), complete=True)
 
 
 def exit_on_params_error(*also: type[Exception]):

@@ -100,3 +100,23 @@ def test_user_errors_are_one_line_and_exit_2(case, names, tmp_path, params_file,
     before = params_file.read_text()
     assert_user_error(capsys, lambda: main([str(profiles[case]), "--params", str(params_file)]), *names)
     assert params_file.read_text() == before
+
+
+def test_check_params_yaml_alone(params_file, capsys):
+    """`--check` without a profile validates params.yaml as it is, every key present, and never rewrites it."""
+    before = params_file.read_bytes()
+    main(["--check", "--params", str(params_file)])
+    assert capsys.readouterr().out.strip() == f"checked {params_file}"
+    params_file.write_text(before.decode().replace("  retries: 0\n", "", 1))
+    edited = params_file.read_bytes()
+    assert_user_error(capsys, lambda: main(["--check", "--params", str(params_file)]), "download.retries: missing key")
+    assert params_file.read_bytes() == edited
+    assert_user_error(capsys, lambda: main(["--params", str(params_file)]), "a profile to apply, or --check")
+
+
+def test_a_profile_cannot_leave_a_key_out(tmp_path, params_file):
+    """The merged file is checked for completeness too: a params.yaml missing a section fails, named."""
+    params_file.write_text(params_file.read_text().split("\nexport:")[0] + "\n")
+    (tmp_path / "p.yaml").write_text("download:\n  thread_count: 4\n")
+    with pytest.raises(ParamsError, match=r"export: missing key"):
+        apply(tmp_path / "p.yaml", params_file, check_only=True)

@@ -16,7 +16,7 @@ import yaml
 from fixclip.model_folder import WEIGHTS
 from fixclip.train import checkpoints as ckpt
 from fixclip.train import ray_trainer
-from tests.conftest import REPO, stage_env
+from tests.conftest import REPO, full_params, stage_env
 from tests.fixclip.train.test_data import tiny_run, train_command, write_train_shards
 
 pytestmark = pytest.mark.slow  # each Ray Train fit starts Ray workers (~1 min on 2 cores)
@@ -103,7 +103,7 @@ def test_killed_worker_restarts_the_group_from_its_checkpoint(tmp_path, train_di
 
 def test_unreachable_address_fails_within_a_minute_in_one_line_naming_the_key(tmp_path, train_dir):
     cfg, _ = tiny_run(tmp_path, train_dir, **RUN, distributor="ray", ray={"address": "127.0.0.1:9"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": cfg.model_dump(exclude_defaults=True)}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full_params({"train": cfg.model_dump(exclude_defaults=True)})))
     env = {**stage_env(), "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     started = time.monotonic()

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from pipeline.decontaminate.copies import COPIES
-from tests.conftest import REPO, stage_env
+from tests.conftest import REPO, full_params, stage_env
 from tests.pipeline.decontaminate.test_lookup import fingerprints, photo
 
 pytest.importorskip("skimage.data")
@@ -26,7 +26,7 @@ def test_an_unreadable_benchmark_image_is_named_and_no_fingerprint_written(tmp_p
         (classes / name).mkdir(parents=True)
         photo("chelsea").save(classes / name / "good.jpg")
     (classes / "dog/broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    params = {"evaluate": {"benchmarks": [{"name": "pets", "kind": "imagefolder", "root": str(classes)}]}}
+    params = full_params({"evaluate": {"benchmarks": [{"name": "pets", "kind": "imagefolder", "root": str(classes)}]}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = _run(["stages.benchmarks"], tmp_path)
     assert result.returncode == 2
@@ -43,7 +43,7 @@ def test_the_stage_fingerprints_each_distinct_image_once_and_counts_per_benchmar
         (classes / name).mkdir(parents=True)
         photo("chelsea" if name == "cat" else name).save(classes / name / "a.png")
     entry = {"kind": "imagefolder", "root": str(classes)}
-    params = {"evaluate": {"benchmarks": [{"name": "one", **entry}, {"name": "two", **entry}]}}
+    params = full_params({"evaluate": {"benchmarks": [{"name": "one", **entry}, {"name": "two", **entry}]}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = _run(["stages.benchmarks"], tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,11 +1,12 @@
 """params.yaml is validated in full, before any work, with errors that name the key."""
+import copy
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from pipeline.params import Params, ParamsError, load_params, parse_params
+from pipeline.params import Params, ParamsError, load_params, missing_keys, parse_params
 from pipeline.params.section import Section
 from tests.conftest import REPO, stage_env
 
@@ -15,20 +16,45 @@ def test_shipped_params_are_valid():
     assert params.source.kind == "toyworld"
 
 
-def _missing_keys(model_cls, mapping, prefix=""):
-    """Schema keys that params.yaml does not spell out (unknown keys are already rejected by validation)."""
-    missing = []
-    for name, field in model_cls.model_fields.items():
-        if name not in mapping:
-            missing.append(f"{prefix}{name}")
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, Section):
-            missing += _missing_keys(field.annotation, mapping[name], f"{prefix}{name}.")
-    return missing
-
-
 def test_params_yaml_lists_every_schema_key():
     """No hidden defaults: what runs is what params.yaml (and so DVC) shows."""
-    assert _missing_keys(Params, yaml.safe_load((REPO / "params.yaml").read_text())) == []
+    assert missing_keys(Params, yaml.safe_load((REPO / "params.yaml").read_text())) == []
+
+
+def _key_paths(raw: dict, schema=Params, prefix="") -> list[tuple[str, ...]]:
+    """Every key path of params.yaml down to the schema's sub-sections (a section is a path too)."""
+    paths = []
+    for name, value in raw.items():
+        paths.append((*prefix, name))
+        field = schema.model_fields[name].annotation
+        if isinstance(value, dict) and isinstance(field, type) and issubclass(field, Section):
+            paths += _key_paths(value, field, (*prefix, name))
+    return paths
+
+
+def test_every_deleted_key_is_named():
+    """Deleting any key of params.yaml, or a whole section, fails validation naming it (no silent default)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    paths = _key_paths(raw)
+    assert ("train",) in paths and ("caption", "model") in paths and ("caption", "server", "dtype") in paths
+    for path in paths:
+        edited = copy.deepcopy(raw)
+        section = edited
+        for name in path[:-1]:
+            section = section[name]
+        del section[path[-1]]
+        with pytest.raises(ParamsError) as info:
+            parse_params(edited, complete=True)
+        assert str(info.value) == f"params.yaml: invalid params: {'.'.join(path)}: missing key", path
+        parse_params(edited)  # as a partial mapping (profiles, tests) the schema's default applies
+
+
+def test_missing_key_in_the_file_fails_the_stage(tmp_path, capsys):
+    text = (REPO / "params.yaml").read_text()
+    assert "  model: assets/tiny_llava/model" in text
+    (tmp_path / "params.yaml").write_text(text.replace("  model: assets/tiny_llava/model", "", 1))
+    with pytest.raises(ParamsError, match=r"params.yaml: invalid params: caption.model: missing key$"):
+        load_params(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize(
@@ -88,18 +114,28 @@ def test_exponent_floats_as_dvc_writes_them(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-@pytest.mark.parametrize("stage", ["source", "download"])
-def test_stage_fails_before_work_on_bad_params(tmp_path, stage):
-    """The stage exits 2 with the key named and writes nothing."""
+@pytest.mark.parametrize("stage, edit, message", [
+    ("source", "bad", "download.thread_count: expected int, got 'many'"),
+    ("download", "bad", "download.thread_count: expected int, got 'many'"),
+    ("download", "deleted", "download.timeout: missing key"),
+    ("source", "no_section", "train: missing key"),
+])
+def test_stage_fails_before_work_on_bad_params(tmp_path, stage, edit, message):
+    """The stage exits 2 with one line naming the key and writes nothing."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["download"]["thread_count"] = "many"
+    if edit == "bad":
+        raw["download"]["thread_count"] = "many"
+    elif edit == "deleted":
+        del raw["download"]["timeout"]
+    else:
+        del raw["train"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = stage_env()
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "download.thread_count: expected int, got 'many'" in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
