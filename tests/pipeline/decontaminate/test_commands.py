@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from pipeline.decontaminate.copies import COPIES
-from tests.conftest import REPO, full_params, stage_env
+from tests.conftest import REPO, file_digests, full_params, stage_env
 from tests.pipeline.decontaminate.test_lookup import fingerprints, photo
 
 pytest.importorskip("skimage.data")
@@ -91,3 +91,23 @@ def test_the_checker_names_a_missing_fingerprint_folder(tmp_path):
     assert result.stderr.strip() == (f"error: {tmp_path / 'none'}: no benchmark fingerprints here ([Errno 2] No such "
                                      f"file or directory: '{tmp_path / 'none/items.parquet'}'); run `dvc repro "
                                      f"benchmarks`")
+
+
+def test_two_fingerprint_builds_give_the_same_bytes(tmp_path):
+    """Same params, same bytes: the benchmarks stage run from scratch in two folders (different paths, one with
+    OpenCV and OpenMP on one thread) writes identical toy benchmarks and fingerprints."""
+    small = {"num_images": 20, "num_layout_images": 10, "num_short_scene_images": 10, "num_classification_images": 48}
+    params = yaml.safe_dump(full_params({"evaluate": {"toy": small}}))
+    digests = []
+    for folder, threads in ((tmp_path / "a", {}), (tmp_path / "second" / "b", {"OMP_NUM_THREADS": "1",
+                                                                                 "OPENCV_FOR_THREADS_NUM": "1"})):
+        folder.mkdir(parents=True)
+        (folder / "params.yaml").write_text(params)
+        env = {**stage_env(), "PYTHONPATH": str(REPO), **threads}
+        result = subprocess.run([sys.executable, "-m", "stages.benchmarks"], cwd=folder, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        digests.append({name: file_digests(folder / "data" / name)
+                        for name in ("benchmark_fingerprints", "toy_benchmark", "toy_benchmark_dev")})
+    assert len(digests[0]["benchmark_fingerprints"]) == 4 and digests[0]["toy_benchmark"]
+    assert digests[0] == digests[1]
