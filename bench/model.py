@@ -110,8 +110,8 @@ def arch_setup(arch: str, batch: int):
     return base, cfg, torch.randn(batch, 3, size, size), f"{about}, {size} px"
 
 
-def measure(arch: str, batch: int, runs: int, steps: int) -> list[dict]:
-    """Time (and count the FLOPs of) the rows for one architecture; print them and return the result rows."""
+def setup(arch: str, batch: int) -> tuple[dict, dict, str, int]:
+    """The rows of one architecture: (name -> one train step, name -> its model, description, long caption tokens)."""
     base, cfg, images, about = arch_setup(arch, batch)
     short_text = captions(batch, 8, seed=1)
     long_text = captions(batch, 120, seed=2)  # ~120 words: beyond 77 tokens, below 248
@@ -130,7 +130,20 @@ def measure(arch: str, batch: int, runs: int, steps: int) -> list[dict]:
         off_optim, off_loss = our_adamw(off), FixClipLoss.from_config(off.cfg)
         steps_of["modules off"] = lambda: fixclip_step(off, off_loss, off_optim, images, long77, None)
     steps_of["full FIX-CLIP"] = lambda: fixclip_step(full, full_loss, full_optim, images, long248, short77)
+    models = {"open_clip": plain_clip, "full FIX-CLIP": full} | ({"modules off": off} if arch == TINY else {})
+    return steps_of, models, about, int(long248.argmax(-1).float().mean())
 
+
+def flops_per_sample(arch: str, batch: int) -> dict[str, tuple[float, int]]:
+    """name -> (forward + loss + backward FLOPs per sample, parameters) of the open_clip and FIX-CLIP steps."""
+    steps_of, models, _, _ = setup(arch, batch)
+    return {name: (step_flops(step) / batch, sum(p.numel() for p in models[name].parameters()))
+            for name, step in steps_of.items()}
+
+
+def measure(arch: str, batch: int, runs: int, steps: int) -> list[dict]:
+    """Time (and count the FLOPs of) the rows for one architecture; print them and return the result rows."""
+    steps_of, _, about, long_tokens = setup(arch, batch)
     flops = {name: step_flops(step) for name, step in steps_of.items()}  # also the first warm-up step
     for step in steps_of.values():  # warm-up
         for _ in range(2 if arch == TINY else 1):
@@ -145,7 +158,7 @@ def measure(arch: str, batch: int, runs: int, steps: int) -> list[dict]:
     rates = {name: batch / statistics.median(m + o for m, o in t) for name, t in times.items()}
 
     print(f"{about}: batch {batch}, {runs} runs x {steps} steps, {torch.get_num_threads()} threads; long captions "
-          f"{int(long248.argmax(-1).float().mean())} tokens (77-token rows truncated)")
+          f"{long_tokens} tokens (77-token rows truncated)")
     for name, rate in rates.items():
         print(f"  {name:<14} {rate:8.2f} samples/s   (forward+loss+backward {model_ms[name]:8.1f} ms, "
               f"optimizer {optim_ms[name]:7.1f} ms per step; {flops[name] / batch / 1e9:7.2f} GFLOP per sample)")
