@@ -63,7 +63,8 @@ def knob_settings(base: Setting, captioner: Captioner) -> list[Setting]:
     """The profile's setting and one row per knob: max_image_side, the tile grid or pixel budget, max_tokens, images
     at web size (no download resize), and each smaller model of assets/captioner_configs."""
     rows = [base]
-    rows += [base.but(f"caption.max_image_side: {side}", max_image_side=side) for side in (336, 224)]
+    rows += [base.but(f"caption.max_image_side: {'null' if side is None else side}", max_image_side=side)
+             for side in (None, 336, 224) if side != base.max_image_side]
     if captioner.family == "llava_next":
         rows += [base.but("grid: 1x2 tiles only [[336,672],[672,336]]", grid=[[336, 672], [672, 336]]),
                  base.but("grid: one tile [[336,336]]", grid=[[336, 336]])]

@@ -170,7 +170,7 @@ def test_cost_command_prints_each_knob_for_the_paper_profile(capsys):
     cost_cli.main(["--stage", "caption", "--utilisation", "0.5", "--images-total", "3e7"])
     out = capsys.readouterr().out
     rows = {line.split("  ")[0]: line.split() for line in out.splitlines()}
-    for label in ("profile as is", "caption.max_image_side: 336", "grid: one tile [[336,336]]",
+    for label in ("profile as is", "caption.max_image_side: 224", "grid: one tile [[336,336]]",
                   "caption.sampling.max_tokens: 96", "model: qwen2-vl-2b-instruct",
                   "model: llava-onevision-qwen2-0.5b-ov-hf"):
         assert label in rows, out
