@@ -250,15 +250,16 @@ class FixClip(nn.Module):
             return self.text_positions(length)
         return self._text_tower.positional_embedding[:length]
 
-    def _text_tower_forward(self, text: torch.Tensor, collect: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Token + position embedding, causal blocks, ln_final, pooling, projection.
-
-        Returns the projected text features and, if ``collect``, the pooled (EOT) token after every layer."""
+    def _text_states(self, text: torch.Tensor, collect: bool,
+                     trim: bool) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+        """Token + position embedding, causal blocks, ln_final: the token states [B, L, D] (with ``trim``, cut after
+        the last end-of-text token), where each text pools, and, if ``collect``, the pooled token after every
+        layer."""
         if text.shape[1] > self.context_length:
             raise ValueError(f"token length {text.shape[1]} exceeds the context length {self.context_length}")
         tower = self._text_tower
         pooled_at = self._pool_index(text)
-        if self.trim_text:
+        if trim:
             text = text[:, :int(pooled_at.max()) + 1]
         length = text.shape[1]
         cast_dtype = tower.transformer.get_cast_dtype()
@@ -270,8 +271,19 @@ class FixClip(nn.Module):
             x = block(x, attn_mask=attn_mask)
             if collect:
                 layer_eot.append(x[rows, pooled_at])
-        pooled = tower.ln_final(x)[rows, pooled_at]
-        projection = tower.text_projection
+        return tower.ln_final(x), pooled_at, layer_eot
+
+    def token_states(self, text: torch.Tensor) -> torch.Tensor:
+        """The text tower's per-token states after its final LayerNorm, [B, L, D]: what a diffusion UNet
+        cross-attends to (transformers' ``CLIPTextModel.last_hidden_state`` of an export)."""
+        return self._text_states(text, collect=False, trim=False)[0]
+
+    def _text_tower_forward(self, text: torch.Tensor, collect: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The projected text features (pooled at the end-of-text token) and, if ``collect``, the pooled token after
+        every layer."""
+        states, pooled_at, layer_eot = self._text_states(text, collect, trim=self.trim_text)
+        pooled = states[torch.arange(text.shape[0], device=text.device), pooled_at]
+        projection = self._text_tower.text_projection
         if isinstance(projection, nn.Linear):
             pooled = projection(pooled)
         elif projection is not None:

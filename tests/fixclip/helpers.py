@@ -12,6 +12,13 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white
 SHAPES = ["circle", "square", "triangle", "star", "cross", "heart", "ring", "diamond"]
 
 
+def with_2_layers(name: str) -> dict:
+    """open_clip's config of ``name`` at its real widths, with 2 layers per tower (no shape depends on depth)."""
+    config = copy.deepcopy(open_clip.get_model_config(name))
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
+    return config
+
+
 def tiny_clip(seed: int = 0, **vision_overrides):
     """A fresh seeded open_clip CLIP of the embedded default's shape (64 px, 64 patches, 4 + 4 layers)."""
     cfg = copy.deepcopy(TINY_CLIP_CONFIG)

@@ -7,8 +7,6 @@ at its real widths (768 / 512), 224 px, 196 patches of 16 px and 248 text positi
 of 12: no tensor's shape depends on depth, and HFA (2 groups of 1 layer) and the regional prompts (from layer 2) still
 have layers to act on. Random weights: formats and shapes are under test, not what the weights know.
 """
-import copy
-
 import open_clip
 import pytest
 import torch
@@ -23,6 +21,7 @@ from fixclip.model import FixClip
 from fixclip.regional_prompts import regional_attention_mask
 from fixclip.train.optim import adamw
 from tests.conftest import REPO
+from tests.fixclip.helpers import with_2_layers
 
 PAPER_FIXCLIP = yaml.safe_load((REPO / "configs/paper-30m.yaml").read_text())["train"]["fixclip"]
 LONG_TEXT = " ".join(["a large red circle in the top left cell beside a small striped blue square ,"] * 10)
@@ -42,14 +41,8 @@ def test_the_paper_profile_modules_fit_the_real_backbone(name, patches, vision_l
         FixClip(build_clip(name), cfg.model_copy(update={"prompt_grid": [17, 2]}))  # more rows than 14 or 16
 
 
-def vit_b16_with_2_layers() -> dict:
-    config = copy.deepcopy(open_clip.get_model_config("ViT-B-16"))
-    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
-    return config
-
-
 def test_vit_b16_trains_with_every_module_and_exports_what_it_embeds(tmp_path):
-    config = vit_b16_with_2_layers()
+    config = with_2_layers("ViT-B-16")
     cfg = FixClipConfig(prompt_grid=[2, 2], prompt_start_layer=2, hfa_groups=2, hfa_first_group=1,
                         hfa_weights=[0.5, 0.5])
     model = FixClip(build_clip(config, seed=0), cfg).train()
