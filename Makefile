@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report plots gallery test envs ablation methods controls deviations bench frontier
+.PHONY: repro report plots gallery test envs ablation methods controls deviations bench frontier diffusion
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -29,6 +29,12 @@ report:
 # a sample of each split, every fate, every dropped image by reason. ~3 s on the default.
 gallery:
 	python -m pipeline.gallery
+
+# What a diffusion model's cross-attention can read from each text encoder, before and after token 77 (docs/export.md,
+# "What cross-attention can read past token 77"): the base CLIP, the trained FIX-CLIP, and stretch-only and Long-CLIP
+# trained once into build/diffusion; 3 seeds each. Not part of dvc repro.
+diffusion: repro
+	python -m fixclip.cross_attention_probe --out build/diffusion
 
 # Every DVC plot on one page that renders with no network (dvc_plots/offline.html; `dvc plots show` needs a CDN).
 plots:

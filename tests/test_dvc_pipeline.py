@@ -123,6 +123,18 @@ def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners
                           for benchmark, per_model in evaluation.items()}
     gallery = run(["python", "-m", "pipeline.gallery"], repo_copy)  # make repro's last step, on the real outputs
     assert "gallery: 40 URLs, every one accounted for: True" in gallery.stdout
+    # The diffusion experiments on the run's outputs, as smoke runs: the CPU probe (make diffusion) and the GPU script.
+    run(["python", "-m", "fixclip.cross_attention_probe", "--seeds", "0", "--epochs", "1", "--out", "build/probe"],
+        repo_copy)
+    probe = json.loads((repo_copy / "build/probe/probe.json").read_text())
+    counted = {(rows[0]["before_objects"], rows[0]["after_objects"]) for rows in probe.values()}
+    assert len(probe) == 4 and len(counted) == 1  # four encoders scored on the same objects
+    run(["python", "-m", "fixclip.toy_diffusion", "--device", "cpu", "--steps", "2", "--batch-size", "4",
+         "--perception-steps", "2", "--sample-steps", "2", "--test-scenes", "8", "--out", "build/toy_diffusion"],
+        repo_copy)
+    drawn = json.loads((repo_copy / "build/toy_diffusion/results.json").read_text())
+    assert set(drawn["encoders"]) == {"base CLIP (77 tokens)", "FIX-CLIP"} and drawn["steps"] == 2
+    assert Image.open(repo_copy / "build/toy_diffusion/samples.png").size == (8 * 32 * 3, 3 * 32 * 3)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy).stdout)["data"]
     assert "dvclive/train/plots/metrics/train/loss.tsv" in plots and "R@1 and top-1, base vs trained" in plots
     _commit(repo_copy, "run")
