@@ -67,6 +67,25 @@ def mention_tokens(caption: str, scene: dict, tokenizer) -> list[int]:
     return starts
 
 
+def colour_of(classes: torch.Tensor) -> torch.Tensor:
+    """The colour index of each cell class (meaningless for 0, an empty cell)."""
+    return (classes - 1).div(len(SHAPES), rounding_mode="floor")
+
+
+def shape_of(classes: torch.Tensor) -> torch.Tensor:
+    return (classes - 1) % len(SHAPES)
+
+
+def by_mention(right: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor, name: str) -> dict:
+    """% of the objects (cells whose target is not empty) that are ``right``, split by whether their mention starts
+    before or after token 77, with the object counts."""
+    objects, scores = targets > 0, {}
+    for part, where in (("before", objects & (starts < BOUNDARY)), ("after", objects & (starts >= BOUNDARY))):
+        scores[f"{part}_objects"] = int(where.sum())
+        scores[f"{part}_{name}"] = 100 * float(right[where].float().mean()) if where.any() else None
+    return scores
+
+
 class CellDecoder(nn.Module):
     """Cell queries cross-attending to token states (as a UNet's cross-attention does), one class per cell."""
 
@@ -108,17 +127,10 @@ def fit_and_score(train_set, test_set, seed: int, epochs: int = 30, batch_size: 
             optimizer.step()
     with torch.inference_mode():
         predicted = decoder.eval()(test_states, test_padding).argmax(-1)
-    objects = test_targets > 0
-    right = predicted == test_targets
-    colour = (predicted - 1).div(len(SHAPES), rounding_mode="floor") == (test_targets - 1).div(
-        len(SHAPES), rounding_mode="floor")
-    scores = {}
-    for part, where in (("before", objects & (starts < BOUNDARY)), ("after", objects & (starts >= BOUNDARY))):
-        scores[f"{part}_objects"] = int(where.sum())
-        scores[f"{part}_colour_shape"] = 100 * float(right[where].float().mean())
-        scores[f"{part}_colour"] = 100 * float((colour & (predicted > 0))[where].float().mean())
-    scores["empty_cells"] = 100 * float(right[~objects].float().mean())
-    return scores
+    colour_right = (colour_of(predicted) == colour_of(test_targets)) & (predicted > 0)
+    return {**by_mention(predicted == test_targets, test_targets, starts, "colour_shape"),
+            **by_mention(colour_right, test_targets, starts, "colour"),
+            "empty_cells": 100 * float((predicted == test_targets)[test_targets == 0].float().mean())}
 
 
 def trained_encoder(name: str, changes: dict, params: dict, out: Path) -> Path:

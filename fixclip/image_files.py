@@ -1,5 +1,7 @@
 """Image files as the command line takes them: a file Pillow can read, or a folder of such files (torch-free)."""
 import argparse
+import base64
+import io
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -7,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 from .cli import existing_file, existing_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError)  # what Pillow raises on bad data (verify: SyntaxError)
 
 
 def readable_image(value: str) -> Path:
@@ -15,7 +18,7 @@ def readable_image(value: str) -> Path:
     try:
         with Image.open(path) as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # verify raises SyntaxError on some bad data
+    except UNDECODABLE as exc:
         raise argparse.ArgumentTypeError(f"{value}: not an image Pillow can read ({exc})") from None
     return path
 
@@ -29,3 +32,14 @@ def images_or_folder(value: str) -> list[Path]:
     if not found:
         raise argparse.ArgumentTypeError(f"{value}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return [readable_image(str(p)) for p in found]
+
+
+def png_data_url(data: bytes, side: int) -> str:
+    """The image bytes as a data: URL of a PNG at most ``side`` px on its longer side (PNG, so that small images stay
+    sharp); raises one of UNDECODABLE where they do not decode."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return f"data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}"

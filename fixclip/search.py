@@ -5,7 +5,6 @@ Images stream through the model in batches and only the best ``top_k`` are kept,
 memory. A shard's sample shows its long caption (``long.txt``) beside the score. A file or sample that does not
 decode is counted and named, never skipped silently.
 """
-import base64
 import heapq
 import html
 import io
@@ -18,12 +17,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from .cli import UserError
 from .eval.encode import eval_transform
-from .image_files import IMAGE_SUFFIXES
+from .image_files import IMAGE_SUFFIXES, UNDECODABLE, png_data_url
 from .model import FixClip
 
 SHARD_SUFFIX = ".tar"
@@ -86,7 +85,7 @@ def _decoded(candidate: Candidate) -> Image.Image | None:
     try:
         with Image.open(io.BytesIO(candidate.data)) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError):
+    except UNDECODABLE:
         return None
 
 
@@ -115,22 +114,12 @@ def rank(model: FixClip, query: str, found: Iterator[Candidate], top_k: int, bat
     return Ranking(sorted(best, reverse=True), ranked, undecodable)
 
 
-def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
-    """A data URL of the image, at most ``side`` pixels on its longer side (PNG, so small images stay sharp)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        image.thumbnail((side, side))
-        out = io.BytesIO()
-        image.save(out, "PNG")
-    return f"data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}"
-
-
 def page(query: str, model_name: str, ranking: Ranking) -> str:
     """The ranking as one self-contained HTML page (images inline; no script, nothing fetched)."""
     rows = []
     for place, hit in enumerate(ranking.hits, 1):
         caption = f"<p>{html.escape(hit.candidate.caption)}</p>" if hit.candidate.caption else ""
-        rows.append(f'<li><img src="{thumbnail(hit.candidate.data)}" alt="result {place}"><div>'
+        rows.append(f'<li><img src="{png_data_url(hit.candidate.data, THUMBNAIL_SIDE)}" alt="result {place}"><div>'
                     f"<b>{hit.score:.4f}</b> <code>{html.escape(hit.candidate.source)}</code>{caption}</div></li>")
     return "\n".join([
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Search</title>',

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from .cross_attention_probe import BOUNDARY, CELLS, SHAPES, encode, mention_tokens, target
+from .cross_attention_probe import CELLS, SHAPES, by_mention, colour_of, encode, mention_tokens, shape_of, target
 from .model_folder import load_base, load_model_folder
 
 SIDE = 32
@@ -70,12 +70,9 @@ def train_perception(pixels, targets, steps: int, device, seed: int) -> Percepti
 
 def per_attribute(predicted: torch.Tensor, targets: torch.Tensor) -> dict:
     """Accuracy (%) on objects' colour and shape in their cells, and on empty cells."""
-    objects = targets > 0
-    colour = (predicted - 1).div(len(SHAPES), rounding_mode="floor") == (targets - 1).div(len(SHAPES),
-                                                                                         rounding_mode="floor")
-    shape = (predicted - 1) % len(SHAPES) == (targets - 1) % len(SHAPES)
-    return {"colour": 100 * float((colour & (predicted > 0))[objects].float().mean()),
-            "shape": 100 * float((shape & (predicted > 0))[objects].float().mean()),
+    objects, named = targets > 0, predicted > 0
+    return {"colour": 100 * float(((colour_of(predicted) == colour_of(targets)) & named)[objects].float().mean()),
+            "shape": 100 * float(((shape_of(predicted) == shape_of(targets)) & named)[objects].float().mean()),
             "empty": 100 * float((predicted == 0)[~objects].float().mean())}
 
 
@@ -172,12 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         drawn = draw(drawer, test_states, test_padding, args.sample_steps, device, args.seed)
         with torch.inference_mode():
             read = perception(drawn.to(device)).argmax(-1).cpu()
-        right, objects = read == test_targets, test_targets > 0
-        scores = {}
-        for part, where in (("before", objects & (starts < BOUNDARY)), ("after", objects & (starts >= BOUNDARY))):
-            scores[f"{part}_objects"] = int(where.sum())
-            scores[f"{part}_colour_shape"] = 100 * float(right[where].float().mean()) if where.any() else None
-        results["encoders"][name] = {"folder": folder, **scores}
+        results["encoders"][name] = {"folder": folder,
+                                     **by_mention(read == test_targets, test_targets, starts, "colour_shape")}
         rows.append(drawn[:8])
     grid(rows, args.out / "samples.png")
     results.update(steps=args.steps, batch_size=args.batch_size, device=str(device),

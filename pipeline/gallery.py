@@ -9,9 +9,7 @@ per-attribute accuracy, every dropped image by reason (at most --per-group of ea
 beside the benchmark image it matched. Images are inline thumbnails: the page fetches nothing and has no script.
 docs/pipeline.md, "Reading a run".
 """
-import base64
 import html
-import io
 import json
 import tarfile
 from collections import Counter
@@ -19,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from fixclip.cli import ArgumentParser, UserError, user_errors
+from fixclip.image_files import UNDECODABLE, png_data_url
 from pipeline.toyworld.captions import ATTRIBUTES, cell_name, judge_caption
 
 DEFAULT_OUT = Path("gallery/index.html")
@@ -47,19 +45,14 @@ def _needed(path: Path) -> Path:
     return path
 
 
-def thumbnail(data: bytes | None, side: int = THUMBNAIL_SIDE) -> str:
-    """An <img> of the image bytes, at most ``side`` px (PNG data URL), or a note where they do not decode."""
+def thumbnail(data: bytes | None) -> str:
+    """An <img> of the image bytes (a PNG data URL), or a note where there are none or they do not decode."""
     if data is None:
         return "<p class=bad>(no image)</p>"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            image.thumbnail((side, side))
-            out = io.BytesIO()
-            image.save(out, "PNG")
-    except (UnidentifiedImageError, OSError, SyntaxError):
+        return f'<img alt="" src="{png_data_url(data, THUMBNAIL_SIDE)}">'
+    except UNDECODABLE:
         return "<p class=bad>(does not decode)</p>"
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}">'
 
 
 class TarReader:
@@ -109,9 +102,12 @@ def _sample(frame: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
     return frame.iloc[chosen]
 
 
+def _row(cells: tuple, tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+
+
 def _table(rows: list[tuple], head: tuple) -> str:
-    cells = lambda row, tag: "".join(f"<{tag}>{c}</{tag}>" for c in row)  # noqa: E731
-    return f"<table><tr>{cells(head, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
+    return f"<table>{_row(head, 'th')}{''.join(map(_row, rows))}</table>"
 
 
 def fates_section(urls: int, raw: pd.DataFrame, index: pd.DataFrame) -> tuple[str, dict]:
