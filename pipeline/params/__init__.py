@@ -3,7 +3,12 @@
 Every stage calls `load_params()` first, so a typo anywhere in params.yaml fails fast with the key path,
 e.g. `download.thread_count: expected int, got 'many'`.
 """
+import errno
 import re
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -21,6 +26,8 @@ from pipeline.params.source import SourceParams
 from pipeline.params.train import TrainParams
 
 PARAMS_FILE = "params.yaml"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+OUTPUT_ROOTS = ("data", "models", "checkpoints", "metrics", "plots", "dvclive")  # where stages write (dvc.yaml)
 
 
 class _Loader(yaml.SafeLoader):
@@ -147,7 +154,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path), complete=True)
 
 
-def exit_on_params_error(*also: type[Exception]):
+@contextmanager
+def exit_on_params_error(*also: type[Exception]) -> Iterator[None]:
     """For stage entry points: a ParamsError (or another user error, or one of ``also``) prints the named bad keys
-    and exits 2, without a traceback."""
-    return user_errors(*also)
+    and exits 2, without a traceback; a full disk prints one line naming where and exits 1. A failed stage leaves
+    nothing DVC keeps (it commits outputs only after the command succeeds; our writers rename complete files into
+    place), so the rerun after space is freed starts clean (docs/pipeline.md, "When a stage fails")."""
+    try:
+        with user_errors(*also):
+            yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        full = [f"{root}/" for root in OUTPUT_ROOTS if Path(root).is_dir() and shutil.disk_usage(root).free < 1 << 20]
+        where = exc.filename or ", ".join(full) or "the stage's outputs"
+        print(f"error: no space left on device writing {where}: free space there and rerun the stage",
+              file=sys.stderr)
+        raise SystemExit(1) from None
