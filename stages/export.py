@@ -53,16 +53,14 @@ def scores(results: dict, row: str) -> dict:
     return picked
 
 
-def contents(model, evaluated: bool, eval_metrics: Path) -> dict:
-    """What the exports hold of ``model``; with ``evaluated`` (evaluate scored this model folder), the scores of
+def contents(model, results: dict | None) -> dict:
+    """What the exports hold of ``model``; with ``results`` (evaluate's metrics of this model folder), the scores of
     the model with its prompts (fixclip.load) and without them (the exports)."""
     if model.prompts is None:
         return {"image_tower": "as trained (no regional prompts)"}
     held = {"image_tower": "backbone without the regional prompts (fixclip.load keeps them; docs/export.md)"}
-    if evaluated and eval_metrics.is_file():
-        results = json.loads(eval_metrics.read_text())
-        if all(WITHOUT_PROMPTS in per_model for per_model in results.values()):
-            held["scores"] = {form: scores(results, row) for form, row in FORMS.items()}
+    if results is not None and all(WITHOUT_PROMPTS in per_model for per_model in results.values()):
+        held["scores"] = {form: scores(results, row) for form, row in FORMS.items()}
     return held
 
 
@@ -71,7 +69,8 @@ def run_facts(params: Params) -> RunFacts:
     source = params.source
     if source.kind == "toyworld":
         world = source.toyworld
-        dataset, data = "toyworld", (f"the toy world: {world.num_images} synthetic {world.image_size} px images of {world.min_objects}-"
+        dataset = "toyworld"
+        data = (f"the toy world: {world.num_images} synthetic {world.image_size} px images of {world.min_objects}-"
                 f"{world.max_objects} shapes on a {world.grid} x {world.grid} grid (seed {world.seed})")
     else:
         dataset, data = source.url_list.path, f"the URL list {source.url_list.path}, downloaded with img2dataset"
@@ -81,15 +80,13 @@ def run_facts(params: Params) -> RunFacts:
                     captioner=params.caption.model)
 
 
-def _facts_of(model, held: dict, evaluated: bool, eval_metrics: Path, facts: RunFacts) -> RunFacts:
+def _facts_of(model, held: dict, results: dict | None, facts: RunFacts) -> RunFacts:
     method = method_of(model)
-    measured = {}
-    if evaluated and eval_metrics.is_file():
-        results = json.loads(eval_metrics.read_text())
-        measured = {row: scores(results, row) for row in ("base", "trained", WITHOUT_PROMPTS)
-                    if all(row in per_model for per_model in results.values())}
+    measured = {row: scores(results, row) for row in ("base", "trained", WITHOUT_PROMPTS)
+                if all(row in per_model for per_model in results.values())} if results is not None else {}
     return replace(facts, method_params=method["params"] if method else model.cfg.model_dump(), scores=measured,
-                   image_tower=held["image_tower"], exported_row="trained" if model.prompts is None else WITHOUT_PROMPTS)
+                   image_tower=held["image_tower"],
+                   exported_row="trained" if model.prompts is None else WITHOUT_PROMPTS)
 
 
 def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, evaluated: bool = False,
@@ -99,9 +96,10 @@ def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, eva
         raise ParamsError.invalid(PARAMS_FILE, [f"export.model: no {MODEL_CONFIG} in {params.model!r} (not a model "
                                                 "folder written by the train stage)"])
     model = load_model_folder(params.model)
-    held = contents(model, evaluated, eval_metrics)
+    results = json.loads(eval_metrics.read_text()) if evaluated and eval_metrics.is_file() else None
+    held = contents(model, results)
     if facts is not None:
-        facts = _facts_of(model, held, evaluated, eval_metrics, facts)
+        facts = _facts_of(model, held, results, facts)
     metrics = {"atol": params.atol, "contents": held}
     for name, export in EXPORTERS.items():
         start = time.perf_counter()
