@@ -94,7 +94,8 @@ def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:
         return METHODS["fixclip"].build(clip, cfg, cfg)
     saved = _json_object(folder / METHOD)
     if saved.get("method") not in METHODS:
-        raise CheckpointError(f"{folder / METHOD}: unknown method {saved.get('method')!r} (known: {', '.join(METHODS)})")
+        raise CheckpointError(f"{folder / METHOD}: unknown method {saved.get('method')!r} "
+                              f"(known: {', '.join(METHODS)})")
     method = METHODS[saved["method"]]
     return method.build(clip, method.section.model_validate(saved["params"]), cfg)
 

@@ -1,7 +1,7 @@
 """The diffusion comparison itself, for a GPU machine: a small UNet learns to draw toy-world scenes from a text
 encoder's token states, and a perception model reads back what it drew (docs/export.md, "Diffusion past token 77").
 
-    python -m fixclip.toy_diffusion --device cuda --steps 20000 [--encoder NAME=MODEL_FOLDER ...] [--out build/toy_diffusion]
+    python -m fixclip.toy_diffusion --device cuda --steps 20000 [--encoder NAME=MODEL_FOLDER ...] [--out DIR]
 
 For each encoder (default: the base CLIP and models/fixclip) a ``UNet2DConditionModel`` (diffusers) is trained from
 scratch in pixel space at 32 px on the run's training images and their ground-truth descriptions (data/urls.parquet,
@@ -115,7 +115,8 @@ def draw(model: UNet2DConditionModel, states, padding, sample_steps: int, device
         cond, mask = states[start:start + 64].to(device), (~padding[start:start + 64]).to(device)
         x = torch.randn((len(cond), 3, SIDE, SIDE), generator=generator).to(device)
         for t in scheduler.timesteps:
-            x = scheduler.step(model(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample, t, x).prev_sample
+            noise = model(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+            x = scheduler.step(noise, t, x).prev_sample
         drawn.append(x.clamp(-1, 1).cpu())
     return torch.cat(drawn)
 

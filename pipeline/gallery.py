@@ -29,7 +29,8 @@ SPLITS = ("train", "val")
 THUMBNAIL_SIDE = 128
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:80em} table{border-collapse:collapse} "
          "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top} "
-         "img{width:128px;height:auto;flex:none;align-self:flex-start;image-rendering:pixelated;border:1px solid #ccc} .bad{color:#b00} .ok{color:#070} "
+         "img{width:128px;height:auto;flex:none;align-self:flex-start;image-rendering:pixelated;border:1px solid #ccc} "
+         ".bad{color:#b00} .ok{color:#070} "
          ".cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(26em,1fr));gap:1em} "
          ".card{display:flex;gap:.8em;border:1px solid #ddd;padding:.5em;font-size:.85em} .card p{margin:.2em 0}")
 
@@ -184,7 +185,8 @@ def dropped_section(index: pd.DataFrame, captions: pd.DataFrame, raw: Path, tars
                          f"{html.escape(str(row.benchmark))} (distance {row.benchmark_distance:.4f})</p>",
                          matched, *lines]
             cards.append(_card(image, lines))
-        parts.append(f"<h3>{html.escape(reason)}: {len(picked)} of {len(rows)}</h3><div class=cards>{''.join(cards)}</div>")
+        parts.append(f"<h3>{html.escape(reason)}: {len(picked)} of {len(rows)}</h3>"
+                     f"<div class=cards>{''.join(cards)}</div>")
     return "".join(parts)
 
 

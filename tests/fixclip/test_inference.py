@@ -62,7 +62,8 @@ def test_cli_user_error_is_one_line_exit_2_without_traceback(model_folder, tmp_p
     result = _cli("score", model_folder, "--images", tmp_path / "missing.png", "--texts", __file__, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     missing = tmp_path / "missing.png"
-    assert result.stderr.strip() == f"error: python -m fixclip score: argument --images: {missing}: no such file or folder"
+    assert result.stderr.strip() == (f"error: python -m fixclip score: argument --images: {missing}: "
+                                     "no such file or folder")
 
 
 def test_cli_images_takes_a_folder(model_folder, tmp_path):

@@ -73,7 +73,8 @@ def run_outputs(tmp_path, monkeypatch):
         for i, uid in enumerate(SAMPLES):
             if SAMPLES[uid][1] == split:
                 members |= {f"{uid}.jpg": _jpeg(i), f"{uid}.long.txt": SAMPLES[uid][2].encode(),
-                            f"{uid}.short.txt": b"small blue circle", f"{uid}.json": json.dumps({"scene": SCENE}).encode()}
+                            f"{uid}.short.txt": b"small blue circle",
+                            f"{uid}.json": json.dumps({"scene": SCENE}).encode()}
         _tar(tmp_path / "data/shards" / shard, members)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/caption.json").write_text(json.dumps({"quality": {"captions": 4, "colour": 0.875}}))

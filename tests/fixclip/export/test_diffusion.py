@@ -41,8 +41,8 @@ def pipeline(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> StableDif
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+                                   scheduler=DDIMScheduler(clip_sample=False), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def _image(pipe: StableDiffusionPipeline, prompt: str) -> np.ndarray:
