@@ -4,10 +4,13 @@
 - Every URL is opened through the download guard (pipeline/download/guard.py): other schemes, files outside the
   allowed roots and connections to non-public addresses are refused (class `refused`) unless params open them.
   Repo-relative `file:` URLs (the toy world's) stay so in the records; the guard opens them under `root`.
+- Same URLs, same bytes: every finished shard is rewritten in key order without timings
+  (pipeline/download/canonical.py), so the folder does not depend on thread timing or the clock.
 - Resumable: img2dataset's incremental mode skips shards whose stats file exists; a fingerprint of the URL list
   and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
 - Speed survives a resume: `runs.jsonl` in the folder records the seconds and successes of every run that
-  finished a shard, and `images_per_s` is over those runs (a rerun that skips every shard keeps it).
+  finished a shard, and `images_per_s` is over those runs (a rerun that skips every shard keeps it). It holds
+  timings, not data: `.dvcignore` keeps it out of the folder's hash.
 - Accounting comes from img2dataset's per-shard parquet (one row per URL, with status and error message); every
   failure is put in a named class, and the sums must equal the URL count or the stage fails.
 - `distributor: ray`: img2dataset submits one Ray task per shard to whatever Ray this process is connected to (it
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.download.canonical import settle_all
 from pipeline.download.guard import REFUSED, Policy
 from pipeline.outputs import write_bytes
 from pipeline.params.download import DownloadParams
@@ -177,6 +181,7 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
     with tempfile.TemporaryDirectory(prefix="fixclip-download-") as tmp:
         url_file = Path(tmp) / "urls.parquet"
         urls.to_parquet(url_file, index=False)
+        settle_all(out_dir)  # a shard whose settling was killed
         before = finished_shards(out_dir)
         start = time.perf_counter()
         with distributed, guarded_downloads(policy):  # timed, like the Spark session img2dataset starts itself

@@ -2,15 +2,18 @@
 
 `img2dataset.download` builds one `Downloader` and hands it to its distributor, which pickles it to every worker
 process (multiprocessing, Spark or Ray) and calls it once per shard. `guarded_downloads` makes it build ours, which
-installs the guard's opener in the process it is called in before downloading a shard.
+installs the guard's opener in the process it is called in before downloading a shard, and settles the shard
+(pipeline/download/canonical.py) in that process once img2dataset has finished it.
 """
 import contextlib
 import functools
 import importlib
 import urllib.request
+from pathlib import Path
 
 from img2dataset.downloader import Downloader
 
+from pipeline.download.canonical import settle
 from pipeline.download.guard import Policy, opener
 
 
@@ -22,6 +25,11 @@ class GuardedDownloader(Downloader):
     def __call__(self, row):
         urllib.request.install_opener(opener(self.policy))
         return super().__call__(row)
+
+    def download_shard(self, row):
+        super().download_shard(row)
+        shard_id = row[0]
+        settle(Path(self.output_folder), f"{shard_id:0{self.oom_shard_count}d}")
 
 
 @contextlib.contextmanager

@@ -2,17 +2,20 @@
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline.download import run as download_run
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
-from tests.conftest import free_port
+from tests.conftest import REPO, file_digests, free_port
 
 LOOPBACK = ["127.0.0.0/8"]  # the download guard refuses loopback unless opened (test_guard.py)
 
@@ -204,3 +207,46 @@ def test_ray_local_instance(tmp_path, http_server, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     _nine_urls_one_gone(tmp_path, http_server, "ray")
     assert not ray.is_initialized(), "the local instance is stopped afterwards"
+
+
+def test_same_urls_same_bytes(tmp_path, http_server):
+    """Two downloads of one list whose answers come back out of order give byte-identical folders (but for the run
+    history, which .dvcignore keeps out of the hash): members and rows in key order, no clock in tars or stats."""
+    base, routes = http_server
+    rng = np.random.default_rng(1)
+    jpeg = _encode(_photo(), "JPEG")
+    for i in range(24):
+        routes[f"/{i}.jpg"] = (200, "image/jpeg", jpeg, float(rng.uniform(0, 0.3)))
+    urls = _urls_file(tmp_path, [f"{base}/{i}.jpg" for i in range(24)] + [f"{base}/gone.jpg"])
+    params = DownloadParams(image_size=32, processes_count=2, thread_count=8, number_sample_per_shard=10,
+                            allow_networks=LOOPBACK)
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for out in folders:
+        download_run.run(params, urls, out)
+    first, second = (file_digests(out) for out in folders)
+    assert first.pop("runs.jsonl") and second.pop("runs.jsonl")
+    assert first == second and len(first) == 3 * 3 + 1  # tar, parquet, stats per shard + fingerprint.txt
+    with tarfile.open(folders[0] / "00000.tar") as archive:
+        members = archive.getmembers()
+    assert [m.name for m in members] == sorted(m.name for m in members) and {m.mtime for m in members} == {0}
+    assert list(pd.read_parquet(folders[0] / "00002.parquet")["key"]) == sorted(
+        pd.read_parquet(folders[0] / "00002.parquet")["key"])
+    assert "start_time" not in json.loads((folders[0] / "00001_stats.json").read_text())
+
+    # Killed between writing a shard and settling it: the next run settles it, and leaves no temporary file.
+    records = pq.read_table(folders[1] / "00000.parquet")
+    pq.write_table(records.take(list(range(records.num_rows))[::-1]), folders[1] / "00000.parquet")
+    stats = json.loads((folders[1] / "00000_stats.json").read_text())
+    (folders[1] / "00000_stats.json").write_text(json.dumps({**stats, "start_time": 1.0}))
+    (folders[1] / ".00000.tar.1.abc.tmp").write_bytes(b"half")
+    download_run.run(params, urls, folders[1])
+    again = file_digests(folders[1])
+    assert again.pop("runs.jsonl") and again == first
+
+
+def test_run_history_is_not_in_the_hash():
+    """DVC hashes data/raw and data/captions without their run histories (real `dvc check-ignore`)."""
+    ignored = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", "data/raw/runs.jsonl",
+                              "data/captions/_runs.json", "data/raw/00000.tar"], cwd=REPO, capture_output=True,
+                             text=True)
+    assert ignored.stdout.split() == ["data/raw/runs.jsonl", "data/captions/_runs.json"]
