@@ -1,2 +1,2 @@
 """The shard stage's library: raw images and their captions joined into deterministic webdataset shards,
-and the pieces it is built from (inputs, image check, tar format, text records, file limit, short text rule)."""
+and the pieces it is built from (inputs, image check, text records, file limit, short text rule)."""

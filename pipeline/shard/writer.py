@@ -34,7 +34,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.decontaminate.downloaded import Decontamination
-from pipeline.shard import file_limit, tar_format, text_records
+from pipeline import tar_format
+from pipeline.shard import file_limit, text_records
 from pipeline.shard.image_check import CHECKS
 from pipeline.shard.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet

@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from pipeline.shard import tar_format
+from pipeline import tar_format
 
 NAMES = ["a.jpg", "uid0123456789abcdef.long_2.txt", "x" * 99, "y" * 150, "caf\u00e9.json", "empty.txt"]
 
