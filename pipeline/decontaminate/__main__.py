@@ -22,8 +22,7 @@ from fixclip.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.decontaminate.downloaded import Decontamination
 from pipeline.decontaminate.index import FingerprintError, read
 from pipeline.params import PARAMS_FILE, Params, load_params
-from pipeline.shard.inputs import ShardInputError, read_records
-from pipeline.shard.writer import mapped, scan_raw_tar, values
+from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_tar, values
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BATCH = 256

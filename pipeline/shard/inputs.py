@@ -1,5 +1,6 @@
-"""The shard stage's inputs, one raw shard at a time: img2dataset's records (`raw/<stem>.parquet`) and the caption
-stage's rows for the same images (`captions/<stem>.parquet`, as DESIGN.md's stage contract names them).
+"""The shard stage's caption inputs, one raw shard at a time: the caption stage's rows (`captions/<stem>.parquet`, as
+DESIGN.md's stage contract names them) for the images of img2dataset's records (`raw/<stem>.parquet`, read by
+pipeline/raw_shards.py).
 
 Each worker reads its own raw shard's files, so the stage never holds every caption in one process. Only K, the
 captions per image, is read across all caption files first, from their parquet statistics. A worker reads on one
@@ -13,22 +14,9 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.raw_shards import ShardInputError
+
 CAPTION_COLUMNS = ["key", "caption_index", "caption", "status", "prompt_id", "model"]
-
-
-class ShardInputError(RuntimeError):
-    """An input is corrupt, missing, or breaks the stage contract; the message names the file."""
-
-
-def read_records(parquet: Path) -> tuple[pd.DataFrame, set[str]]:
-    """(img2dataset's records of successful downloads, every key the parquet lists); empty if there is no file."""
-    if not parquet.exists():
-        return pd.DataFrame(columns=["key", "status"]), set()
-    table = pq.ParquetFile(parquet).read(use_threads=False)
-    keys = set(table["key"].to_pylist()) if table.num_rows else set()
-    if table.num_rows:
-        table = table.filter(pc.equal(table["status"], "success"))
-    return table.to_pandas(use_threads=False), keys
 
 
 def captions_per_image(caption_files: list[Path]) -> int:

@@ -19,10 +19,8 @@ caption j where it is ok, else the first ok caption (counted in `substituted_cap
 """
 import hashlib
 import json
-import mmap
 import os
 import shutil
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -39,28 +37,13 @@ from pipeline.shard import file_limit, text_records
 from pipeline.shard.image_check import CHECKS
 from pipeline.shard.json_objects import ABSENT, json_objects
 from pipeline.outputs import atomic_path, write_parquet
-from pipeline.shard.inputs import ShardInputError, captions_per_image, read_captions, read_records
+from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_tar, values
+from pipeline.shard.inputs import captions_per_image, read_captions
 from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
 from pipeline.ray_session import ray_session, this_node
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image", "benchmark_duplicate")
-
-
-def scan_raw_tar(tar_path: Path) -> dict[str, tuple[int, int]]:
-    """key -> (offset, size) of the images of one raw shard; names the file if it is corrupt, or holds anything but
-    regular files in one folder (img2dataset writes flat tars: no absolute paths, parent references, sub-folders)."""
-    try:
-        members = tar_format.scan(tar_path)
-    except (tarfile.TarError, tar_format.TarFormatError, EOFError, OSError) as exc:
-        raise ShardInputError(f"{tar_path}: corrupt tar ({exc})") from exc
-    for name in [m.name for m in members if "/" in m.name or m.name in ("", ".", "..")][:1]:
-        raise ShardInputError(f"{tar_path}: member {name!r} would escape its folder; refusing this tar")
-    for name in [m.name for m in members if not m.is_file][:1]:
-        raise ShardInputError(f"{tar_path}: member {name!r} is not a regular file; refusing this tar")
-    named = [(m.name.rpartition("."), m) for m in members]
-    return {key: (m.offset, m.size) for (key, _, ext), m in named if ext.lower() in IMAGE_EXTENSIONS}
 
 
 def unit_hashes(seed: int, purpose: str, uids: list[str]) -> np.ndarray:
@@ -84,11 +67,6 @@ def short_texts(params: ShardParams, uids: list[str], longs: list[str], alts: li
         shorts.append(alt or first_sentence(long_caption))
         rules.append("alt_text" if alt else "first_sentence")
     return shorts, rules
-
-
-def values(frame: pd.DataFrame, name: str) -> list:
-    """A column's values as Python objects; None for each row where the frame has no such column."""
-    return frame[name].tolist() if name in frame else [None] * len(frame)
 
 
 def _present(value) -> bool:
@@ -228,19 +206,6 @@ class RayJobs:
         placed = ray.get(pending)
         self.tasks_per_node.update(node for node, _ in placed)
         return [result for _, result in placed]
-
-
-@contextmanager
-def mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
-    """A file mapped into memory, read-only: its slices are bytes, read without a syscall each (a memoryview of it
-    slices without copying; every such slice must be gone when the block ends). An empty file, which cannot be
-    mapped, is empty bytes."""
-    with open(path, "rb") as stream:
-        if not os.fstat(stream.fileno()).st_size:
-            yield b""
-            return
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            yield data
 
 
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "offset", "size", "text_offset",

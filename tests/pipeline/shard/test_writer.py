@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline import raw_shards
 from pipeline.shard import file_limit, writer
 from pipeline.shard import inputs as shard_inputs
 from pipeline.shard.short_text import first_sentence
@@ -396,10 +397,10 @@ def test_inputs_read_per_raw_shard(tmp_path):
     raw = tmp_path / "00000.parquet"
     pd.DataFrame({"key": ["a", "b", "c"], "status": ["success", "failed", "success"],
                   "original_width": [3, 4, None]}).to_parquet(raw)
-    records, listed = shard_inputs.read_records(raw)
+    records, listed = raw_shards.read_records(raw)
     assert records["key"].tolist() == ["a", "c"] and listed == {"a", "b", "c"}
     assert records["original_width"].isna().tolist() == [False, True]
-    assert shard_inputs.read_records(tmp_path / "none.parquet")[0].empty
+    assert raw_shards.read_records(tmp_path / "none.parquet")[0].empty
     first, second, legacy = (tmp_path / "captions" / f"{n}.parquet" for n in ("00000", "00001", "00002"))
     pd.DataFrame({"key": ["c", "a", "c", "a"], "caption_index": [1, 1, 0, 0], "caption": ["C1", "A1", "C0", "A0"],
                   "status": ["ok"] * 4}).to_parquet(first)
