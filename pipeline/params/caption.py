@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.params.section import Section
-from pipeline.toyworld.captions import PROMPTS as TOY_CAPTIONER_PROMPTS  # the prompts the default captioner learned
+from pipeline.toy_prompts import PROMPTS as TOY_CAPTIONER_PROMPTS  # the prompts the default captioner learned
 
 DEFAULT_REFUSALS = [
     r"^\s*(i'?m sorry|i am sorry|sorry,)",

@@ -15,14 +15,16 @@ and every object with its size, colour, shape, fill and grid cell (3x3 grid). Wi
 - ``compact``: digits and keyed attributes for all nine cells ("beige background, 5 shapes; top left: size small,
   colour red, shape circle, fill solid; top center: empty; ...").
 
-`PROMPTS` are the strings the caption stage sends (one drawn per image); `PROMPT_STYLES[i]` is the style prompt i
-asks for. `parse_caption` reads any style back into a `ParsedCaption`; `score_captions` compares parsed captions
-with the scenes' ground truth. Pure python (stdlib only), so it imports in the main and the vLLM environment.
+`PROMPTS` (pipeline/toy_prompts.py) are the strings the caption stage sends (one drawn per image);
+`PROMPT_STYLES[i]` is the style prompt i asks for. `parse_caption` reads any style back into a `ParsedCaption`;
+`score_captions` compares parsed captions with the scenes' ground truth. Pure python (stdlib only), so it imports in the main and the vLLM environment.
 """
 import json
 import random
 import re
 from dataclasses import dataclass, field
+
+from pipeline.toy_prompts import PROMPT_STYLES, PROMPTS
 
 # The toy world's vocabulary, copied from `pipeline.toyworld.scenes` (tests/pipeline/toyworld/test_captions.py checks
 # they agree): scenes imports pandas, which the vLLM environment lacks, and this module must import in both environments.
@@ -44,16 +46,6 @@ def cell_name(row: int, col: int, grid: int) -> str:
 
 STYLES = ("sentences", "natural", "list", "rows", "compact")
 
-PROMPTS = (
-    "Describe this image in detail.",
-    "Write a long, complete description of every object in the picture, including colour, size and position.",
-    "List each shape in the image with its colour, size, fill and grid cell.",
-    "What does this scene contain? Be thorough and mention the background.",
-    "Give a detailed caption of this image, going through it row by row from top to bottom.",
-    "Describe the layout of the image: which objects are where, and how they look.",
-    "Summarize every shape compactly: cell, size, colour, shape and fill.",
-)
-PROMPT_STYLES = ("sentences", "natural", "list", "sentences", "rows", "list", "compact")
 assert len(PROMPTS) == len(PROMPT_STYLES) and set(PROMPT_STYLES) == set(STYLES)
 
 GRID = 3
