@@ -134,8 +134,7 @@ test: envs
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 # Installer for both environments: INSTALLER=uv (default) or INSTALLER=pip (the pip-only recipe used before uv).
-# Fresh clone, 2 shared cores, 2026-11-23: pip 7-8 min (12 on a busy machine); uv 2.4 min with an empty cache, 1.2 min
-# with a warm one (shared/PLATFORM.md).
+# Their times on a fresh clone: docs/development.md, "Environments".
 # - uv is pinned (UV_VERSION: another release may resolve differently, so it moves by an edit here) and installed
 #   from PyPI with $(PYTHON)'s pip into $(UV_DIR) (build/ is git-ignored) when an environment is first built with it.
 # - uv reads no pip configuration, so it is handed pip's: index, extra indexes, find-links and constraint files (each

@@ -43,7 +43,7 @@ SCRIPTS = {
     "evaluate": (["--images", "500", "--repeats", "3"], ["--images", "100", "--repeats", "2"]),
 }
 NOOP, FULL = "repro-noop", "repro-full"
-NOOP_GOAL_S, FULL_GOAL_MIN = "<= 5", "<= 15"  # DESIGN.md's bars: no-op repro, first full demo repro on 2 cores
+NOOP_GOAL_S, FULL_GOAL_MIN = "<= 5", "<= 15"  # no-op repro, first full demo repro on 2 cores (docs/development.md)
 
 
 @dataclass

@@ -25,7 +25,7 @@ class FixClipConfig(StrictConfig):
     """Every FIX-CLIP module can be switched off independently (the paper's ablation table).
 
     Where the paper is silent the defaults are our choice, sized for the tiny 4-layer, 64-patch base CLIP
-    in ``assets/base_clip`` (see DESIGN.md "Unknown in the paper").
+    in ``assets/base_clip`` (docs/methods.md, "Set-up choices where the paper is silent").
     """
 
     # Text stretch (Long-CLIP knowledge-preserving interpolation), 77 -> keep + ratio * (77 - keep) = 248.

@@ -11,9 +11,9 @@
 
 Each folder holds config.json, model.safetensors, the tokenizer files, the processor configs and the chat template,
 as `save_pretrained` writes them. Weights are random (seeded), the towers narrow (~1-3 MB per model), so nothing is
-committed: tests build the folders in a temporary dir (~10 s). What vLLM needs of such a model
-(../shared/PLATFORM.md): head_dim >= 32 for CPU attention, tokenizer length == vocab size, the CLIP tower's weights
-under `vision_tower.vision_model.*`, chat-template newlines written as {{ '\\n' }}.
+committed: tests build the folders in a temporary dir (~10 s). What vLLM needs of such a model (docs/pipeline.md,
+"Captioning with an MLLM"): head_dim >= 32 for CPU attention, tokenizer length == vocab size, the CLIP tower's
+weights under `vision_tower.vision_model.*`, chat-template newlines written as {{ '\\n' }}.
 The byte-level BPE is trained on the default prompts and a small word list, so random ids decode to words.
 """
 import argparse

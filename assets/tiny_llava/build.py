@@ -6,7 +6,7 @@ script writes the same architecture with *random* weights (useful to test servin
     .venv-vllm/bin/python assets/tiny_llava/build.py            # writes assets/tiny_llava/model/ (untrained)
 
 Run with the vLLM environment (its transformers is the one vLLM reads the files with). Offline and deterministic.
-What vLLM needs of such a model (measured, see ../shared/PLATFORM.md):
+What vLLM needs of such a model (measured: docs/pipeline.md, "Captioning with an MLLM"):
 - head_dim >= 32 for CPU attention (vision 96 wide / 3 heads, text 128 wide / 4 heads);
 - tokenizer length == text vocab size, or sampled ids decode to nothing;
 - vision tower weights under `vision_tower.vision_model.*` (transformers 5 saves them under `vision_tower.*`);

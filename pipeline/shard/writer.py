@@ -387,15 +387,15 @@ def write_shard(path: Path, raw_dir: Path, texts_dir: Path, columns: dict[str, n
 
 def read_only(files: ExitStack, path: str) -> int:
     """A file descriptor of `path`, closed with `files`. At scale a shard's samples come from about as many raw
-    shards as it has samples (the order is a seeded shuffle), so each source is one open: a buffered file and a
-    mapping cost 4x and 7x that (measured)."""
+    shards as it has samples (the order is a seeded shuffle), so each source is one open, the cheapest (docs/scale.md,
+    "shard")."""
     fd = os.open(path, os.O_RDONLY)
     files.callback(os.close, fd)
     return fd
 
 
 def read_at(fd: int, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset` in one call (a mapped file's page faults cost more, measured); names a short read."""
+    """`size` bytes at `offset` in one call (docs/scale.md, "shard"); names a short read."""
     data = os.pread(fd, size, offset)
     if len(data) != size:
         raise ShardInputError(f"an input ended at byte {offset + len(data)} while it was being read: was it changed?")

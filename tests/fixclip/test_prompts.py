@@ -9,8 +9,9 @@ from tests.fixclip.helpers import batch, tiny_clip
 
 
 def _allowed_by_rule(query: int, key: int, grid: tuple[int, int], regions: tuple[int, int]) -> bool:
-    """DESIGN.md, enumerated token by token: index 0 CLS, 1..n patches (raster order), n+1..n+m prompts; prompt j
-    sees the patches whose centre lies in region j (raster order) of the image split into rows x cols."""
+    """The prompt mask of docs/methods.md, enumerated token by token: index 0 CLS, 1..n patches (raster order),
+    n+1..n+m prompts; prompt j sees the patches whose centre lies in region j (raster order) of the image split into
+    rows x cols."""
     (h, w), (rows, cols) = grid, regions
     n = h * w
 
