@@ -10,8 +10,8 @@ the toy benchmark (data/toy_benchmark/retrieval.jsonl) with DDIM. A perception m
 training renders; its accuracy on the real test renders is reported per attribute) names each cell of each drawing;
 the score is, per object, colour and shape right in its cell, split by whether the object's mention starts before or
 after token 77 (as ``fixclip.cross_attention_probe``). Writes results.json and samples.png (rows: the real render,
-then each encoder's drawing of the same description). On 2 CPU cores a step takes ~1.2 s at batch 32, so tens of
-thousands of steps are hours: the CPU default is ``fixclip.cross_attention_probe``; the test suite runs this
+then each encoder's drawing of the same description). Too slow for a CPU (docs/export.md, "The diffusion
+comparison, on a GPU"): the CPU default is ``fixclip.cross_attention_probe``; the test suite runs this
 script for a few steps (a smoke run).
 """
 import argparse

@@ -14,8 +14,8 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple, eps: f
     starting from zero or random values, they have further to go than the pretrained weights around them.
 
     torch's fused kernel (CPU and CUDA): one pass over each tensor instead of the default per-tensor loop's
-    several, ~6x faster on CPU (the 49408-row token embedding makes the step memory-bound). Same update, rounded
-    differently: parameters differ from the loop's by float rounding (~1e-7 after tens of steps), except attention
+    several, faster on CPU where the 49408-row token embedding makes the step memory-bound (docs/methods.md, "FIX-CLIP
+    training"). Same update, rounded differently: parameters differ from the loop's by float rounding, except attention
     key biases, whose true gradient is 0 (softmax ignores them): Adam scales their rounding-noise gradient up to
     lr-sized steps under either kernel, and they change no output."""
     new = {id(p) for p in model.new_parameters()} if hasattr(model, "new_parameters") else set()

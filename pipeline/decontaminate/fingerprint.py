@@ -1,11 +1,9 @@
 """What an image is compared by: its canonical picture, a coarse descriptor for lookup, an aligned distance to check.
 
-Near copies are resized, re-encoded, cropped by up to ~10% or turned grey. Perceptual hashes (imagehash's aHash,
-dHash, pHash, 64 and 256 bits) were measured on the toy world and fail there in both directions: its images are mostly
-flat background, so JPEG noise flips the bits of the flat areas (a JPEG-30 copy of a toy image was up to 31 of 64
-pHash bits, and 249 of 256 aHash bits, from its original) while unrelated scenes share their background's bits (1-5%
-of the training images were within the threshold of a benchmark image). So the comparison is in two steps
-(docs/decontamination.md has the measurements):
+Near copies are resized, re-encoded, cropped by up to ~10% or turned grey. Perceptual hashes fail on the toy world
+in both directions: its images are mostly flat background, so JPEG noise flips the bits of the flat areas while
+unrelated scenes share their background's bits (docs/decontamination.md, "The fingerprint, and why not a perceptual
+hash", has the measurements). So the comparison is in two steps:
 
 1. Lookup (`coarse`): a blurred 8 x 8 thumbnail (RGB, or luminance for a grey image), compared by RMS difference
    with every benchmark image and with crops of it that keep 90% of a side (`crop_boxes`), so a cropped copy is near

@@ -2,8 +2,8 @@
 
 `decode`: Pillow opens and decodes the whole image; a JPEG at 1/8 scale (libjpeg's scaled IDCT), which still
 entropy-decodes every coefficient of every block, so a truncated or corrupt stream fails as in a full decode
-(tests/pipeline/shard/test_image_check.py checks the verdicts agree on damaged JPEGs), a quarter faster for noisy
-256 px images and up to 3.5x faster for smooth large ones. `header`: the container is read without decoding: the
+(tests/pipeline/shard/test_image_check.py checks the verdicts agree on damaged JPEGs), and faster (docs/development.md,
+"Tests and benchmarks"). `header`: the container is read without decoding: the
 format's signature, its pixel size from the header, and its end (JPEG's EOI marker, PNG's IEND chunk, WebP's RIFF
 length). That catches truncated downloads, wrong content and decompression bombs; it cannot see corrupt compressed
 data in the middle of a file, which img2dataset's own re-encoding does not produce. Formats other than these three

@@ -2,8 +2,8 @@
 
 Every input row ends in the output or in one named drop class; the counts add up to the rows read.
 
-The list is streamed twice in record batches, so memory grows with the number of rows (about 40 bytes a row at
-the dedup step; 1.2 GiB peak for 30M rows) and not with the length of the URLs and captions. Pass 1 classifies
+The list is streamed twice in record batches, so memory grows with the number of rows (docs/scale.md, "source")
+and not with the length of the URLs and captions. Pass 1 classifies
 every row (empty, invalid, valid) and hashes the valid URLs; dedup (first occurrence kept) and the seeded subsample
 run on those hashes; pass 2 reads the list again and writes the kept rows in input order. The output (values,
 dtypes, pandas metadata) is the one of reading the whole list with pandas, cleaning it and `to_parquet`.
