@@ -57,7 +57,7 @@ class TrainConfig(StrictConfig):
     for accumulation is not reproduced)."""
 
     method: Literal["fixclip", "longclip", "holistic"] = "fixclip"
-    shards: str = "data/shards/train"  # folder of *.tar, brace pattern
+    shards: str = "data/shards/train"  # folder of *.tar, or a brace pattern
     base_model: BaseModelConfig = BaseModelConfig()
     fixclip: FixClipConfig = FixClipConfig()
     longclip: LongClipConfig = LongClipConfig()
@@ -74,12 +74,14 @@ class TrainConfig(StrictConfig):
     betas: list[float] = [0.9, 0.999]
     eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(20, ge=0)
-    new_params_lr_scale: float = Field(10.0, gt=0)  # lr multiplier of what the method adds from scratch (optim.adamw)
+    # lr multiplier of what the method adds from scratch (FIX-CLIP: the mask token and HFA heads; the prompts too with
+    # fixclip.prompt_lr_scaled); see optim.adamw
+    new_params_lr_scale: float = Field(10.0, gt=0)
     logit_scale_init: float | None = Field(100.0, gt=1.0)
     logit_scale_max: float = Field(100.0, gt=1.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = 0  # new modules' initial weights, the data shuffle and caption draws (shard order: shard.seed)
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
