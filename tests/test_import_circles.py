@@ -1,5 +1,5 @@
 """No import circles, between modules or between packages, so that each layer can be read, tested and moved on its
-own.
+own (docs/architecture.md).
 
 Imports are read statically (ast), also those inside functions; only the modules an import names count, not the
 parent packages Python runs on the way. At package level a node is a package (a folder with `__init__.py`), and
