@@ -1,11 +1,11 @@
 """Same URLs, same bytes: a finished img2dataset shard rewritten in one canonical form.
 
-img2dataset writes a shard's samples in the order its download threads finish (tar members and parquet rows), stamps
-every tar member with the wall-clock time, and records start, end and duration in `<shard>_stats.json`. `settle`
-rewrites a finished shard with its members and rows in key order, the tar members with fixed metadata
-(pipeline/shard/tar_format.py), and the stats without the timings. The stats file is rewritten last, so a shard
-whose stats still hold a timing was interrupted in between and is settled again (`settle_all`, run by the stage
-before and after img2dataset). Settling a settled shard changes nothing.
+img2dataset writes a shard's samples in the order its download threads finish (tar members and parquet rows) and
+stamps every tar member with the wall-clock time. `settle` rewrites a finished shard with its members and rows in key
+order and the tar members with fixed metadata (pipeline/tar_format.py), then marks its `<shard>_stats.json`
+`canonical`. The stats keep img2dataset's timings (its progress log reads them), so `.dvcignore` keeps them out of
+the folder's hash. A shard whose stats lack the mark was interrupted before it was settled and is settled again
+(`settle_all`, run by the stage before img2dataset). Settling a settled shard changes nothing.
 """
 import json
 import mmap
@@ -15,17 +15,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.outputs import atomic_path, write_bytes
-from pipeline.shard.tar_format import scan, write_tar
+from pipeline.tar_format import scan, write_tar
 
-TIMINGS = ("duration", "start_time", "end_time")
+MARK = "canonical"
 BATCH = 256  # tar members handed to the OS per gathered write
 
 
 def settle(out_dir: Path, name: str) -> None:
-    """Rewrite shard `name` (e.g. `00003`) of out_dir canonically, if img2dataset's timings are still in it."""
+    """Rewrite shard `name` (e.g. `00003`) of out_dir canonically, unless its stats say it is."""
     stats_path = out_dir / f"{name}_stats.json"
     stats = json.loads(stats_path.read_text())
-    if not any(key in stats for key in TIMINGS):
+    if stats.get(MARK):
         return
     tar = out_dir / f"{name}.tar"
     members = sorted((m for m in scan(tar) if m.is_file), key=lambda m: m.name)
@@ -37,8 +37,7 @@ def settle(out_dir: Path, name: str) -> None:
     table = pq.read_table(parquet)
     with atomic_path(parquet) as tmp:
         pq.write_table(table.sort_by("key"), tmp)
-    settled = {key: value for key, value in stats.items() if key not in TIMINGS}
-    write_bytes(stats_path, (json.dumps(settled, indent=4, sort_keys=True) + "\n").encode())
+    write_bytes(stats_path, json.dumps({**stats, MARK: True}, indent=4).encode())
 
 
 def settle_all(out_dir: Path) -> None:

@@ -4,8 +4,8 @@
 - Every URL is opened through the download guard (pipeline/download/guard.py): other schemes, files outside the
   allowed roots and connections to non-public addresses are refused (class `refused`) unless params open them.
   Repo-relative `file:` URLs (the toy world's) stay so in the records; the guard opens them under `root`.
-- Same URLs, same bytes: every finished shard is rewritten in key order without timings
-  (pipeline/download/canonical.py), so the folder does not depend on thread timing or the clock.
+- Same URLs, same bytes: every finished shard is rewritten in key order without the clock
+  (pipeline/download/canonical.py); `.dvcignore` keeps the timings of the stats files out of the folder's hash.
 - Resumable: img2dataset's incremental mode skips shards whose stats file exists; a fingerprint of the URL list
   and the options guards that, so a params change starts from an empty folder instead of mixing outputs.
 - Speed survives a resume: `runs.jsonl` in the folder records the seconds and successes of every run that
