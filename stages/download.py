@@ -1,7 +1,9 @@
 """DVC stage `download`: data/urls.parquet -> data/raw/ (img2dataset webdataset shards) + metrics/download.json."""
+import sys
 from pathlib import Path
 
 from pipeline.download import run as download_run
+from pipeline.download.pool import WorkerDied
 from pipeline.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
@@ -19,4 +21,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     with exit_on_params_error():
-        main()
+        try:
+            main()
+        except WorkerDied as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None

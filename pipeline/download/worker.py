@@ -13,6 +13,7 @@ from pathlib import Path
 
 from img2dataset.downloader import Downloader
 
+from pipeline.download import pool
 from pipeline.download.canonical import settle
 from pipeline.download.guard import Policy, opener
 
@@ -34,11 +35,13 @@ class GuardedDownloader(Downloader):
 
 @contextlib.contextmanager
 def guarded_downloads(policy: Policy):
-    """Inside the block, `img2dataset.download` downloads through GuardedDownloader."""
+    """Inside the block, `img2dataset.download` downloads through GuardedDownloader, and its multiprocessing
+    distributor is the one that notices a dead worker (pipeline/download/pool.py)."""
     main = importlib.import_module("img2dataset.main")  # the module: the package's `main` is its CLI function
-    original = main.Downloader
+    originals = main.Downloader, main.multiprocessing_distributor
     main.Downloader = functools.partial(GuardedDownloader, policy)
+    main.multiprocessing_distributor = pool.multiprocessing_distributor
     try:
         yield
     finally:
-        main.Downloader = original
+        main.Downloader, main.multiprocessing_distributor = originals

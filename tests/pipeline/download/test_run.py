@@ -2,9 +2,14 @@
 import importlib.util
 import io
 import json
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,6 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.download import run as download_run
+from pipeline.download.pool import WorkerDied
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
 from tests.conftest import REPO, file_digests, free_port
@@ -257,3 +263,33 @@ def test_timings_are_not_in_the_hash():
     ignored = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", *paths], cwd=REPO, capture_output=True,
                              text=True)
     assert ignored.stdout.split() == paths[:3]
+
+
+def test_a_killed_worker_stops_the_stage_and_the_rerun_resumes(tmp_path, http_server):
+    """img2dataset's own pool would wait forever for the shard of a worker killed with SIGKILL; ours fails at once
+    (WorkerDied), stops img2dataset's logger process, and the rerun downloads what is missing."""
+    base, routes = http_server
+    jpeg = _encode(_photo(), "JPEG")
+    routes["/a.jpg"] = (200, "image/jpeg", jpeg, 0)
+    routes["/slow.jpg"] = (200, "image/jpeg", jpeg, 2)
+    urls = _urls_file(tmp_path, [f"{base}/a.jpg?{i}" for i in range(4)] + [f"{base}/slow.jpg?{i}" for i in range(4)])
+    params = DownloadParams(image_size=32, processes_count=2, thread_count=2, number_sample_per_shard=2,
+                            timeout=10, allow_networks=LOOPBACK)
+    killed = []
+
+    def kill_a_worker():
+        while not killed:
+            workers = [child for child in multiprocessing.active_children() if type(child).__name__ != "LoggerProcess"]
+            if workers and any(path.startswith("/slow.jpg") for path in routes.seen):
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    with pytest.raises(WorkerDied, match="a worker process died"):
+        download_run.run(params, urls, tmp_path / "raw")
+    killer.join()
+    assert not multiprocessing.active_children()
+    summary = download_run.run(params, urls, tmp_path / "raw")
+    assert summary["success"] == 8 and summary["shards"] == 4
