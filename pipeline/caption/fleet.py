@@ -5,16 +5,22 @@ Each server or engine worker runs in its own process group with the vLLM environ
 logs to `log_dir/vllm-<i>.log` (a server binds `host` on a free port; an engine worker speaks JSON lines over its
 stdin/stdout, see engine_worker.py), and gets its own `CUDA_VISIBLE_DEVICES` when GPUs are listed. Stopping sends
 SIGTERM to the group, then SIGKILL after a grace period; SIGTERM to this process is turned into SystemExit so that
-the context manager's exit runs, and on Linux the server is also told to die with its parent.
+the context manager's exit runs, and on Linux the server is also told to die with its parent. vLLM leaves its ZMQ
+sockets and rendezvous files in the temporary folder even when it exits cleanly, so each fleet gives its servers a
+folder of their own (`fixclip-vllm-<stage pid>-*`), removed when it stops; those of stage processes that were killed
+are removed when the next fleet starts.
 """
 import asyncio
 import contextlib
+import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -26,6 +32,7 @@ from pipeline.caption import engine_worker
 from pipeline.params.caption import CaptionParams
 
 STOP_GRACE_S = 15.0
+TMP_PREFIX = "fixclip-vllm-"
 ENGINE_WORKER = Path(engine_worker.__file__)  # run with caption.python; imports only the standard library here
 POLL_S = 0.5
 LOG_TAIL_LINES = 40
@@ -209,6 +216,25 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S)
     process.wait()
 
 
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def servers_tmpdir() -> Path:
+    """A new temporary folder for this process's servers, after removing those of stage processes that are gone."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        owner = stale.name.removeprefix(TMP_PREFIX).split("-")[0]
+        if owner.isdigit() and not is_running(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+
+
 class VllmFleet:
     """Context manager yielding the base URLs of ready servers: `with VllmFleet(params, log_dir) as urls: ...`."""
 
@@ -221,6 +247,7 @@ class VllmFleet:
         # lock makes "start one more server" and "stop them all" exclusive, and a stopped fleet starts no more.
         self._lock = threading.Lock()
         self._stopped = False
+        self._tmpdir: Path | None = None
 
     def __enter__(self) -> "list[str | EngineProcess]":
         if self.params.endpoints:
@@ -244,6 +271,9 @@ class VllmFleet:
             servers, self.servers = self.servers, []
         for server in reversed(servers):
             stop_process_group(server.process)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -279,7 +309,12 @@ class VllmFleet:
     def _start_servers(self) -> None:
         python, model, is_local = self._resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = os.environ | {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        self._tmpdir = servers_tmpdir()
+        # torch's compile cache stays where it is by default (under the temporary folder), kept across runs
+        inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR",
+                                  f"{tempfile.gettempdir()}/torchinductor_{getpass.getuser()}")
+        env = os.environ | {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TMPDIR": str(self._tmpdir),
+                            "TORCHINDUCTOR_CACHE_DIR": inductor}
         if is_local:
             env["HF_HUB_OFFLINE"] = "1"
         tp = self.params.server.tensor_parallel_size

@@ -5,12 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from pipeline.caption.client import CaptionServiceError, ImageItem, caption_stream
-from pipeline.caption.fleet import FleetError, VllmFleet, free_port, server_command
+from pipeline.caption.fleet import TMP_PREFIX, FleetError, VllmFleet, free_port, server_command, servers_tmpdir
 from pipeline.params.caption import ServerOptions
 from tests.vllm_fixtures import REPO, tiny_params, vllm_fleet, vllm_pids  # noqa: F401
 
@@ -87,10 +89,28 @@ def test_sigterm_during_startup_leaves_no_server(tmp_path, vllm_fleet):  # noqa:
     while not stray_pids(vllm_fleet) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert stray_pids(vllm_fleet), "the stage's server never started"
+    assert list(Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}{stage.pid}-*")), "the servers' temporary folder"
     time.sleep(3)
     stage.send_signal(signal.SIGTERM)
     assert stage.wait(timeout=60) == 128 + signal.SIGTERM
     assert not stray_pids(vllm_fleet)
+    assert not list(Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}{stage.pid}-*"))
+
+
+def test_a_killed_stage_servers_temporary_folder_goes_at_the_next_start(tmp_path, monkeypatch):
+    """vLLM leaves sockets in its temporary folder: that of a stage process that is gone is removed when a fleet
+    starts; that of a running one is kept."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale, alive = tmp_path / f"{TMP_PREFIX}{gone.pid}-abc", tmp_path / f"{TMP_PREFIX}{os.getppid()}-def"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "socket-like").write_bytes(b"")
+    new = servers_tmpdir()
+    assert not stale.exists() and alive.exists() and new.parent == tmp_path and new.name.startswith(
+        f"{TMP_PREFIX}{os.getpid()}-")
 
 
 def test_server_flags_for_chunked_prefill_chat_template_and_processor(tmp_path):
