@@ -6,10 +6,13 @@ for minutes, so an address is first probed (a TCP connect) and the join is given
 names the key the address came from.
 """
 import contextlib
+import importlib.util
 import os
 import socket
 import threading
 from collections.abc import Iterator
+
+from pipeline.params import ParamsError
 
 PROBE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 45.0
@@ -17,6 +20,12 @@ CONNECT_TIMEOUT_S = 45.0
 
 class RayClusterError(RuntimeError):
     """The Ray cluster cannot be reached, cannot host a worker, or lost too many workers."""
+
+
+def require_ray(key: str) -> None:
+    """Before any work: fail naming `key` (a stage's `distributor`) when Ray is not installed."""
+    if importlib.util.find_spec("ray") is None:
+        raise ParamsError(f"{key}: ray is not installed (pip install -e '.[ray]')")
 
 
 def probe(address: str, key: str) -> None:

@@ -5,7 +5,6 @@ this node; started by torchrun (any number of nodes) it trains as its rank. With
 the Ray cluster and trains on `train.ray.workers` Ray Train workers. Killed, it resumes from checkpoints/train/ on
 the next run.
 """
-import importlib.util
 import math
 import subprocess
 from pathlib import Path
@@ -16,7 +15,7 @@ from fixclip.train.loop import check_config, train
 from pipeline.outputs import write_json
 from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.train import TrainParams
-from pipeline.ray_session import RayClusterError, ray_session
+from pipeline.ray_session import RayClusterError, ray_session, require_ray
 
 DIRS = RunDirs(out_dir="models/fixclip", checkpoint_dir="checkpoints/train", log_dir="dvclive/train")
 METRICS = Path("metrics/train.json")
@@ -36,8 +35,7 @@ def check_fits_base_model(params: TrainParams) -> None:
 
 def train_on_ray(params: TrainParams) -> dict:
     """The run on Ray Train workers of the cluster at `train.ray.address` (or RAY_ADDRESS, or a local instance)."""
-    if importlib.util.find_spec("ray") is None:
-        raise ParamsError("train.distributor: ray is not installed (pip install -e '.[ray]')")
+    require_ray("train.distributor")
     from fixclip.train import ray_trainer
 
     with ray_session(params.ray.address, "train.ray.address",

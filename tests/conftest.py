@@ -16,6 +16,14 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+FIGURES: list[str] = []  # lines a test reports (e.g. the chaos test's kills), printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 class Routes(dict):

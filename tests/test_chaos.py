@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import file_digests, run, stage_env
+from tests.conftest import FIGURES, file_digests, run, stage_env
 from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _processes_in, _shrink
 
 pytestmark = pytest.mark.slow
@@ -200,14 +200,12 @@ def test_dag_survives_random_kills(tmp_path, repo_copy, monkeypatch, request):
     run(["dvc", "repro"], repo_copy)
     chaos_s = time.monotonic() - started
     left = sorted(p.name for p in temporary.iterdir())
-    print(f"\nchaos: {len(kills)} kills in {runs} runs of dvc repro, stages hit "
-          f"{dict(Counter(k['stage'] for k in kills))}, {sum(not k['survived'] for k in kills)} stopped their stage; "
-          f"{chaos_s:.0f} s with the reruns "
-          f"(uninterrupted {uninterrupted_s:.0f} s)")
-    for kill in kills:
-        print(f"  {kill['stage']:<9} {'stopped it' if not kill['survived'] else 'survived  '}  "
-              f"{'stage' if kill['is_stage'] else 'child'}: {kill['process']}")
-    print(f"  left in the temporary folder: {left}")
+    FIGURES.append(f"chaos: {len(kills)} kills in {runs} runs of dvc repro, stages hit "
+                   f"{dict(Counter(k['stage'] for k in kills))}, {sum(not k['survived'] for k in kills)} stopped "
+                   f"their stage; {chaos_s:.0f} s with the reruns (uninterrupted {uninterrupted_s:.0f} s)")
+    FIGURES.extend(f"  {kill['stage']:<9} {'stopped it' if not kill['survived'] else 'survived  '}  "
+                   f"{'stage' if kill['is_stage'] else 'child'}: {kill['process']}" for kill in kills)
+    FIGURES.append(f"  left in the temporary folder: {left}")
     assert len(kills) >= KILLS
 
     got, want = _outputs(repo_copy), _outputs(reference)

@@ -29,15 +29,11 @@ from pipeline.caption.client import CaptionResult, CaptionServiceError, caption_
 from pipeline.caption.fleet import STOP_GRACE_S, VllmFleet
 from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
 from pipeline.outputs import write_bytes
-from pipeline.params import ParamsError
 from pipeline.params.caption import CaptionParams, RayOptions
 from pipeline.ray_session import RayClusterError, ray_session, this_node
 
-try:
-    import ray
-    from ray.exceptions import RayActorError
-except ModuleNotFoundError:
-    raise ParamsError("caption.distributor: ray is not installed (pip install -e '.[ray]')") from None
+import ray
+from ray.exceptions import RayActorError
 
 def check_resources(options: RayOptions) -> None:
     """A worker asking for GPUs must fit on some node, or it would wait forever."""

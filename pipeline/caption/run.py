@@ -31,6 +31,7 @@ from pipeline.caption.shard_io import (RUNS_FILE, RunRecord, expected_rows, fini
                                        write_shard)
 from pipeline.outputs import write_json
 from pipeline.params.caption import CaptionParams
+from pipeline.ray_session import require_ray
 
 FINGERPRINT_FILE = "_fingerprint.json"
 FULL_HASH_MAX_BYTES = 64 << 20
@@ -103,6 +104,7 @@ def run(params: CaptionParams, raw_dir: Path, out_dir: Path, metrics_path: Path,
     `image_size`: the side of the square images the download stage writes; before any server starts, a request for
     such an image must fit `server.max_model_len` (`context.check_context`; None skips the check)."""
     if params.distributor == "ray":  # first: without ray installed this fails before any work
+        require_ray("caption.distributor")
         from pipeline.caption.ray_distributor import caption_on_ray
     raw_dir, out_dir, metrics_path = Path(raw_dir), Path(out_dir), Path(metrics_path)
     tars = {p.stem: p for p in sorted(raw_dir.glob("*.tar"))}

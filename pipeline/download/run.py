@@ -21,7 +21,6 @@
 """
 import contextlib
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
@@ -40,7 +39,7 @@ from pipeline.download.guard import REFUSED, Policy
 from pipeline.outputs import write_bytes
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
-from pipeline.ray_session import ray_session
+from pipeline.ray_session import ray_session, require_ray
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 
@@ -90,8 +89,8 @@ def img2dataset_options(params: DownloadParams) -> dict:
             raise ParamsError(f"download.extra.{key}: not an img2dataset option")
         if key in reserved or key in options:
             raise ParamsError(f"download.extra.{key}: set by the pipeline or by its own key in `download`")
-    if params.distributor == "ray" and importlib.util.find_spec("ray") is None:
-        raise ParamsError("download.distributor: ray is not installed (pip install -e '.[ray]')")
+    if params.distributor == "ray":
+        require_ray("download.distributor")
     return {**options, **params.extra}
 
 

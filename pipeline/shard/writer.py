@@ -41,7 +41,7 @@ from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_
 from pipeline.shard.inputs import captions_per_image, read_captions
 from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
-from pipeline.ray_session import ray_session, this_node
+from pipeline.ray_session import ray_session, require_ray, this_node
 
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image", "benchmark_duplicate")
 
@@ -167,6 +167,7 @@ def job_runner(params: ShardParams) -> Iterator[JobRunner]:
     `workers` local processes, or Ray tasks (`distributor: ray`, a RayJobs). Both steps of the stage share its
     processes."""
     if params.distributor == "ray":
+        require_ray("shard.distributor")
         with ray_session(None, None, num_cpus=params.workers):
             yield RayJobs()
     elif params.workers == 1:

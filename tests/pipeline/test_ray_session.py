@@ -1,0 +1,42 @@
+"""Without Ray installed, every stage's `distributor: ray` fails before any work, naming its key (one check,
+`pipeline.ray_session.require_ray`)."""
+import importlib.util
+
+import pytest
+
+from pipeline.params import ParamsError
+from pipeline.params.shard import ShardParams
+from pipeline.ray_session import require_ray
+from pipeline.shard import writer
+
+
+@pytest.fixture
+def without_ray(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+
+
+def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
+    from pipeline.caption import run as caption_run
+    from pipeline.download import run as download_run
+    from pipeline.params.caption import CaptionParams
+    from pipeline.params.download import DownloadParams
+    from pipeline.params.train import TrainParams
+    from stages.train import train_on_ray
+
+    stages = {
+        "download": lambda: download_run.img2dataset_options(DownloadParams(distributor="ray")),
+        "caption": lambda: caption_run.run(CaptionParams(distributor="ray"), tmp_path / "raw", tmp_path / "out",
+                                           tmp_path / "metrics.json", tmp_path / "logs"),
+        "shard": lambda: writer.job_runner(ShardParams(distributor="ray")).__enter__(),  # it was `import ray`'s error
+        "train": lambda: train_on_ray(TrainParams(distributor="ray")),
+    }
+    for stage, start in stages.items():
+        with pytest.raises(ParamsError, match=rf"^{stage}.distributor: ray is not installed \(pip install -e "
+                                              r"'\.\[ray\]'\)$"):
+            start()
+    assert not list(tmp_path.iterdir())
+
+
+def test_installed_ray_passes():
+    require_ray("shard.distributor")
