@@ -17,7 +17,8 @@ L = sum_{i=K..G} w_i L_mi + L_short + L_long (L_mi at its own scale)    loss.Fix
 Module switches and hyper-parameters (M, l, G, K, w_i, ratio, ...)      config.FixClipConfig
 Long-CLIP: short text <-> image features on the batch's top-k components longclip (train.method: longclip)
 Holistic CLIP: K class tokens <-> K captions, multi-to-multi loss        holistic (train.method: holistic)
-The three methods' models and losses, chosen by train.method             methods
+The methods by train.method: params section, model, loss                methods
+What the training loop asks of a method (hooks with defaults)           trainable
 Training (loop, data stream, checkpoints, DDP, export)                  train/
 Evaluation (retrieval, zero-shot, benchmark adapters)                   eval/
 The model (open_clip-compatible encode_image / encode_text)             model.FixClip

@@ -1,14 +1,17 @@
 """Switches and hyper-parameters of the methods: the `train.fixclip`, `train.longclip` and `train.holistic` sections
-of params.yaml, defined once (torch-free, so that validating params stays fast).
+of params.yaml, defined once (torch-free, so that validating params stays fast), and ``MethodSection``, what every
+method's section tells the torch-free side (``fixclip.methods`` registers the sections by method name).
 
 A strict pydantic model (unknown keys and mistyped values are errors naming the key); the checks that need the
 backbone (e.g. prompt_grid must fit its patch grid) run in ``check_fits`` when the model is built.
 """
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CLIP_CONTEXT = 77  # the text positions of every CLIP the stretch is meant for
+# The keys of the fixclip section that Long-CLIP and Holistic CLIP read too: they share FIX-CLIP's text stretch.
+STRETCH_KEYS = ("stretch_keep", "stretch_ratio", "trim_text_padding")
 
 
 class StrictConfig(BaseModel):
@@ -21,7 +24,24 @@ class StrictConfig(BaseModel):
         return type(self).model_validate(self.model_dump() | changes)
 
 
-class FixClipConfig(StrictConfig):
+class MethodSection(StrictConfig):
+    """A method's params section, ``train.<method>``: its keys, and what params validation and the data stream must
+    know of the method before any model is built. The defaults: it reads one long caption per sample (long.txt, or
+    one drawn per step from the first ``train.caption_pool``) and no other method's keys."""
+
+    # Keys of other methods' sections this method reads, by section: they may be set when it is chosen.
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # True: it reads all of a sample's captions (``captions``), each written by another caption prompt, and never
+    # draws one; ``captions_key`` is the key that sets their number (named in errors).
+    reads_all_captions: ClassVar[bool] = False
+    captions_key: ClassVar[str] = "caption_pool"
+
+    def captions(self, caption_pool: int) -> int:
+        """How many long captions per sample it reads (long.txt for 1, else long_0.txt ..)."""
+        return caption_pool
+
+
+class FixClipConfig(MethodSection):
     """Every FIX-CLIP module can be switched off independently (the paper's ablation table).
 
     Where the paper is silent the defaults are our choice, sized for the tiny 4-layer, 64-patch base CLIP
@@ -123,9 +143,11 @@ class FixClipConfig(StrictConfig):
         return self.stretch_keep + self.stretch_ratio * (base_context - self.stretch_keep)
 
 
-class LongClipConfig(StrictConfig):
+class LongClipConfig(MethodSection):
     """The ``train.longclip`` section. The stretch keys (keep, ratio, padding trim) are read from the ``fixclip``
     section, so all methods share one text tower set-up."""
+
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {"fixclip": STRETCH_KEYS}
 
     # k; null scales the paper's 32 of 512 embedding dimensions to the model's width (4 of the toy CLIP's 64).
     # No reduction at all once k >= min(per-rank batch - 1, width).
@@ -139,11 +161,18 @@ class LongClipConfig(StrictConfig):
         return self.pca_components
 
 
-class HolisticConfig(StrictConfig):
+class HolisticConfig(MethodSection):
     """The ``train.holistic`` section. The stretch keys are read from the ``fixclip`` section."""
+
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {"fixclip": STRETCH_KEYS}
+    reads_all_captions: ClassVar[bool] = True
+    captions_key: ClassVar[str] = "holistic.captions_per_image"
 
     num_branches: int = Field(3, ge=1)  # K_img: class tokens, hence embeddings per image (the repo's default 3)
     captions_per_image: int = Field(3, ge=1)  # K_txt: prompts, hence captions per image
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # the public loss uses none
     # Hinge on the mean cosine between different branches of an image; null switches it off.
     branch_similarity_margin: Optional[float] = Field(0.7, ge=-1.0, le=1.0)
+
+    def captions(self, caption_pool: int) -> int:
+        return self.captions_per_image

@@ -52,6 +52,7 @@ from .checkpoint_formats import load_clip
 from .config import FixClipConfig, HolisticConfig
 from .longclip import stretched_text_config
 from .model import FixClip
+from .trainable import Method
 
 
 def branch_attention_mask(num_branches: int, num_patches: int) -> torch.Tensor:
@@ -179,3 +180,7 @@ class HolisticLoss(nn.Module):
             total = total + parts["diversity"]
         parts["loss"] = total
         return parts
+
+
+# train.method: holistic (fixclip.methods); built as HolisticClip(clip, section, the fixclip section)
+METHOD = Method(HolisticClip, HolisticLoss, HolisticClip)

@@ -30,6 +30,7 @@ from .checkpoint_formats import load_clip
 from .config import FixClipConfig, LongClipConfig
 from .loss import info_nce
 from .model import FixClip
+from .trainable import Method
 
 
 def stretched_text_config(fixclip: FixClipConfig = FixClipConfig()) -> FixClipConfig:
@@ -105,3 +106,7 @@ class LongClipLoss(nn.Module):
         short = info_nce(out["short_image_features"], out["short_text_features"], scale, self.label_smoothing,
                          self.rank, self.world_size)
         return {"loss": long + short, "long": long, "short": short}
+
+
+# train.method: longclip (fixclip.methods); built as LongClip(clip, section, the fixclip section)
+METHOD = Method(LongClip, LongClipLoss, LongClip)

@@ -17,14 +17,16 @@ from .base_model import ModelRef
 from .checkpoint_formats import load_clip
 from .config import FixClipConfig
 from .hfa import GroupAlignmentHead
+from .loss import FixClipLoss
 from .masking import MaskEmbedding, random_patch_mask
 from .regional_prompts import RegionalPrompts, regional_attention_mask
 from .text_stretch import StretchedPositions, long_tokenizer
+from .trainable import Method, Trainable
 
 _TRIMMABLE_POOLS = ("argmax", "eos", "first")
 
 
-class FixClip(nn.Module):
+class FixClip(Trainable):
     """FIX-CLIP on top of an open_clip ``CLIP`` (or ``CustomTextCLIP`` with an open_clip text transformer).
 
     ``encode_image`` / ``encode_text`` behave like open_clip's; ``forward(images, long_tokens, short_tokens)``
@@ -35,6 +37,7 @@ class FixClip(nn.Module):
         super().__init__()
         self.clip = clip
         self.cfg = cfg
+        self.method_cfg = cfg  # its params section (Long-CLIP and Holistic CLIP replace it with their own)
         visual, tower = clip.visual, self._text_tower
         if not isinstance(visual, VisionTransformer):
             raise ValueError("FixClip needs open_clip's VisionTransformer image tower")
@@ -75,7 +78,7 @@ class FixClip(nn.Module):
         self.hfa_image: Optional[GroupAlignmentHead] = None
         self.hfa_text: Optional[GroupAlignmentHead] = None
         self.hfa_logit_scale: Optional[nn.Parameter] = None
-        self.hfa_heads_only = False  # the heads' warm-up: the training loop sets it for the first steps
+        self.hfa_heads_only = False  # the heads' warm-up, set by start_step for the first steps
         if cfg.hfa:
             embed_dim = visual.output_dim
             self.hfa_image = GroupAlignmentHead(vision_layers, cfg.hfa_groups, cfg.hfa_first_group,
@@ -100,6 +103,24 @@ class FixClip(nn.Module):
         params = [p for m in modules if m is not None for p in m.parameters()]
         return params + ([self.hfa_logit_scale] if self.hfa_logit_scale is not None else [])
 
+    def logit_scales(self) -> List[nn.Parameter]:
+        """The main logit scale and the HFA groups' own."""
+        return [self.logit_scale] + ([self.hfa_logit_scale] if self.hfa_logit_scale is not None else [])
+
+    def seed_rank(self, rank: int) -> None:
+        """The mask generator draws from ``mask_seed + rank``."""
+        self.mask_generator.manual_seed(self.cfg.mask_seed + rank)
+
+    def rng_state(self) -> dict:
+        return {"mask": self.mask_generator.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.mask_generator.set_state(state["mask"])
+
+    def start_step(self, step: int) -> None:
+        """For the first ``hfa_warmup_steps`` steps the HFA heads learn alone."""
+        self.hfa_heads_only = step < self.cfg.hfa_warmup_steps
+
     @classmethod
     def from_pretrained(cls, model: ModelRef, weights: Union[str, Path],
                         cfg: FixClipConfig = FixClipConfig()) -> "FixClip":
@@ -107,10 +128,6 @@ class FixClip(nn.Module):
         return cls(load_clip(model, weights), cfg)
 
     # ---- open_clip-compatible surface -------------------------------------------------------------------------
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.clip.logit_scale
 
     def tokenizer(self):
         """open_clip's tokenizer at this model's context length (248 with the stretch)."""
@@ -289,3 +306,6 @@ class FixClip(nn.Module):
         elif projection is not None:
             pooled = pooled @ projection
         return pooled, layer_eot
+
+
+METHOD = Method(FixClip, FixClipLoss)  # train.method: fixclip (fixclip.methods)

@@ -1,10 +1,11 @@
-"""The model folder: what the train stage writes and evaluation reads back, all as ``FixClip`` (a plain CLIP is
-wrapped with every module off).
+"""The model folder: what the train stage writes and evaluation reads back, as the method's model (a plain CLIP is
+wrapped as ``FixClip`` with every module off).
 
 A model folder is either
-- a trained model: ``fixclip.json`` (FixClipConfig fields), ``model.json`` (the base open_clip config; optional:
-  the fallback base config rebuilds the architecture without it), for a method other than FIX-CLIP ``method.json``
-  (its name and its params section, see ``fixclip.methods``) and ``weights.pt``, the model's state_dict
+- a trained model: ``model.json`` (the base open_clip config; optional: the fallback base config rebuilds the
+  architecture without it), ``fixclip.json`` (FixClipConfig fields) for a model built on ``FixClip``, for a method
+  other than FIX-CLIP ``method.json`` (its name and its params section, see ``fixclip.methods``) and
+  ``weights.pt``, the model's state_dict
   (bare, or under "state_dict" / "model"; DDP's "module." prefix is dropped), loaded strictly with
   ``weights_only=True``; or
 - a base CLIP as in ``assets/base_clip``: ``model.json`` and ``weights.pt`` (an open_clip state_dict), no
@@ -24,6 +25,7 @@ from .checkpoint_formats import CheckpointError, load_checkpoint, load_clip, rea
 from .config import FixClipConfig
 from .methods import METHODS, method_of
 from .model import FixClip
+from .trainable import Trainable
 
 FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "method.json", "weights.pt"
 # The name evaluation gives a trained model with regional prompts read with prompts=False (its backbone alone, what the
@@ -56,14 +58,18 @@ def save_atomic(state: dict, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def save_model_folder(model: FixClip, base_model: ModelRef, out_dir: str | Path) -> None:
-    """Write a trained model folder: its base open_clip config, its FixClipConfig and its state_dict."""
+def save_model_folder(model: Trainable, base_model: ModelRef, out_dir: str | Path) -> None:
+    """Write a trained model folder: its base open_clip config, its FixClipConfig (a ``FixClip``), its method and
+    params section (other than FIX-CLIP) and its state_dict."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_CONFIG).write_text(json.dumps(resolve_model_config(base_model), indent=2) + "\n")
-    (out / FIXCLIP_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
-    method = method_of(model)
-    if method is not None:
+    if isinstance(model, FixClip):
+        (out / FIXCLIP_CONFIG).write_text(model.cfg.model_dump_json(indent=2) + "\n")
+    if type(model) is not FixClip:
+        method = method_of(model)
+        if method is None:
+            raise ValueError(f"{type(model).__name__}: the model of no method in fixclip.methods.METHODS")
         (out / METHOD).write_text(json.dumps(method, indent=2) + "\n")
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
 
@@ -88,16 +94,18 @@ def _fixclip_config(path: Path) -> FixClipConfig:
         raise CheckpointError(f"{path}: {'.'.join(map(str, first['loc'])) or 'top level'}: {first['msg']}") from None
 
 
-def _build(folder: Path, clip, cfg: FixClipConfig) -> FixClip:
-    """The model of the method that the folder's method.json names (FIX-CLIP without one) around ``clip``."""
+def _build(folder: Path, clip) -> Trainable:
+    """The model of the method that the folder's method.json names (FIX-CLIP without one) around ``clip``; a
+    ``FixClip``'s text tower set-up is read from fixclip.json."""
+    cfg = _fixclip_config(folder / FIXCLIP_CONFIG) if (folder / FIXCLIP_CONFIG).is_file() else FixClipConfig()
     if not (folder / METHOD).is_file():
-        return METHODS["fixclip"].build(clip, cfg, cfg)
+        return FixClip(clip, cfg)
     saved = _json_object(folder / METHOD)
     if saved.get("method") not in METHODS:
         raise CheckpointError(f"{folder / METHOD}: unknown method {saved.get('method')!r} "
                               f"(known: {', '.join(METHODS)})")
-    method = METHODS[saved["method"]]
-    return method.build(clip, method.section.model_validate(saved["params"]), cfg)
+    entry = METHODS[saved["method"]]
+    return entry.load().build(clip, entry.section.model_validate(saved["params"]), cfg)
 
 
 def load_base(config: ModelRef, weights: str | Path) -> FixClip:
@@ -105,7 +113,7 @@ def load_base(config: ModelRef, weights: str | Path) -> FixClip:
     return FixClip(load_clip(config, weights), FixClipConfig.plain()).eval()
 
 
-def load_model_folder(folder: str | Path, base_config: ModelRef | None = None, prompts: bool = True) -> FixClip:
+def load_model_folder(folder: str | Path, base_config: ModelRef | None = None, prompts: bool = True) -> Trainable:
     """The model in ``folder`` (layouts in the module docstring; or any checkpoint path); ``base_config`` rebuilds
     the architecture when a trained folder has no ``model.json``; ``prompts=False`` encodes images without the
     regional prompts of a model that has them (``FixClip.prompts_at_inference``)."""
@@ -113,9 +121,8 @@ def load_model_folder(folder: str | Path, base_config: ModelRef | None = None, p
     model_config = folder / MODEL_CONFIG
     if model_config.is_file():
         _json_object(model_config)
-    if (folder / FIXCLIP_CONFIG).is_file():
-        cfg = _fixclip_config(folder / FIXCLIP_CONFIG)
-        model = _build(folder, build_clip(model_config if model_config.is_file() else base_config), cfg)
+    if (folder / FIXCLIP_CONFIG).is_file() or (folder / METHOD).is_file():
+        model = _build(folder, build_clip(model_config if model_config.is_file() else base_config))
         model.load_state_dict(read_state_dict(folder / WEIGHTS), strict=True)
         model.prompts_at_inference = prompts
         return model.eval()

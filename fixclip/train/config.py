@@ -8,14 +8,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import FixClipConfig, HolisticConfig, LongClipConfig, StrictConfig
-
-# The keys of the fixclip section every method reads: Long-CLIP and Holistic CLIP share FIX-CLIP's text stretch.
-SHARED_FIXCLIP_KEYS = ("stretch_keep", "stretch_ratio", "trim_text_padding")
+from ..config import MethodSection, StrictConfig
+from ..methods import METHODS
 # Fields that change how progress is shown or saved, never the trained weights (the world size is fingerprinted
 # directly, so `distributed` is left out too).
 _NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "distributed", "distributor",
@@ -54,14 +52,16 @@ class TrainConfig(StrictConfig):
     """A fine-tuning run. ``batch_size`` is per rank and micro-step (as open_clip_train's --batch-size): one optimizer
     step sees ``batch_size * grad_accum * world_size`` samples. With ``grad_accum > 1`` the contrastive negatives of
     a micro-step are its own ``batch_size * world_size`` samples (gradients are averaged; open_clip's feature cache
-    for accumulation is not reproduced)."""
+    for accumulation is not reproduced).
 
-    method: Literal["fixclip", "longclip", "holistic"] = "fixclip"
+    Besides these fields, one section per method of ``fixclip.methods.METHODS``, ``train.<name>`` (e.g.
+    ``cfg.fixclip``), validated by its own class, its defaults where absent."""
+
+    model_config = ConfigDict(extra="allow")  # the method sections; any other unknown key is refused (_sections)
+
+    method: str = "fixclip"  # a name in fixclip.methods.METHODS
     shards: str = "data/shards/train"  # folder of *.tar, or a brace pattern
     base_model: BaseModelConfig = BaseModelConfig()
-    fixclip: FixClipConfig = FixClipConfig()
-    longclip: LongClipConfig = LongClipConfig()
-    holistic: HolisticConfig = HolisticConfig()
     # fixclip / longclip: each sample's long caption is drawn, per step, from its first K captions (long_0.txt ..;
     # caption.captions_per_image >= K): the control that gives them Holistic CLIP's captions. 1: long.txt.
     caption_pool: int = Field(1, ge=1)
@@ -93,6 +93,37 @@ class TrainConfig(StrictConfig):
     distributor: Literal["local", "ray"] = "local"  # local: one process or torchrun (`distributed`) | ray: `ray`
     ray: RayTrainConfig = RayTrainConfig()
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data, handler):
+        """Each registered method's section validated by its class (errors keep their key path); keys that are
+        neither a field nor a method's section are unknown."""
+        if not isinstance(data, dict):
+            return handler(data)
+        data, errors = dict(data), []
+        for key in [k for k in data if k not in cls.model_fields and k not in METHODS]:
+            errors.append({"type": "extra_forbidden", "loc": (key,), "input": data.pop(key)})
+        for name, entry in METHODS.items():
+            try:
+                data[name] = entry.section.model_validate(data.get(name, {}))
+            except ValidationError as exc:
+                errors += [_line_error(e, (name, *e["loc"])) for e in exc.errors()]
+                data[name] = entry.section()
+        if not errors:
+            return handler(data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            errors += [_line_error(e, e["loc"]) for e in exc.errors()]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+        return method
+
     @model_validator(mode="after")
     def _consistent(self):
         for key in self.unused_method_keys():
@@ -105,9 +136,9 @@ class TrainConfig(StrictConfig):
         if self.batch_size % max(1, self.num_workers):
             raise ValueError(f"batch_size: must be a multiple of num_workers ({self.num_workers}): each worker "
                              "delivers an equal chunk")
-        if self.method == "holistic" and self.caption_pool != 1:
-            raise ValueError("caption_pool: holistic reads all its captions (holistic.captions_per_image); "
-                             "leave caption_pool at 1")
+        if self.method_section.reads_all_captions and self.caption_pool != 1:
+            raise ValueError(f"caption_pool: {self.method} reads all its captions "
+                             f"({self.method_section.captions_key}); leave caption_pool at 1")
         if self.logit_scale_init is not None and self.logit_scale_init > self.logit_scale_max:
             raise ValueError("logit_scale_init: exceeds logit_scale_max")
         if self.distributor == "ray":
@@ -124,22 +155,23 @@ class TrainConfig(StrictConfig):
             raise ValueError("device: cuda needs ray.use_gpu: true (Ray gives a worker a GPU only when asked)")
 
     @property
-    def method_section(self) -> StrictConfig:
-        """The chosen method's own params section, ``train.<method>`` (``fixclip.methods.METHODS``)."""
+    def method_section(self) -> MethodSection:
+        """The chosen method's own params section, ``train.<method>``."""
         return getattr(self, self.method)
 
     def unused_method_keys(self) -> list[str]:
-        """Keys of another method's section set to a non-default value (so `-S train.method=...` alone works with
-        every other section at its defaults; a changed key that would be ignored is an error)."""
+        """Keys of another method's section set to a non-default value that the chosen method does not read (so
+        `-S train.method=...` alone works with every other section at its defaults; a changed key that would be
+        ignored is an error)."""
         changed = []
-        for section in get_args(type(self).model_fields["method"].annotation):
-            if section == self.method:
+        for name in METHODS:
+            section = getattr(self, name, None)
+            if name == self.method or section is None:
                 continue
-            config = getattr(self, section)
-            shared = SHARED_FIXCLIP_KEYS if section == "fixclip" else ()
-            default = type(config)()
-            changed += [f"{section}.{key}" for key in type(config).model_fields
-                        if key not in shared and getattr(config, key) != getattr(default, key)]
+            read = self.method_section.reads.get(name, ())
+            default = type(section)()
+            changed += [f"{name}.{key}" for key in type(section).model_fields
+                        if key not in read and getattr(section, key) != getattr(default, key)]
         return changed
 
     def fingerprint(self, world_size: int, shard_counts: dict) -> str:
@@ -148,6 +180,12 @@ class TrainConfig(StrictConfig):
         values.update(world_size=world_size, shards=shard_counts,
                       base_weights_sha256=file_sha256(self.base_model.weights))
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def _line_error(error: dict, loc: tuple) -> dict:
+    """A reported validation error as pydantic takes it to raise again, at ``loc``."""
+    ctx = {"ctx": error["ctx"]} if "ctx" in error else {}
+    return {"type": error["type"], "loc": loc, "input": error["input"], **ctx}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""The FIX-CLIP training loop: one entry point, ``train(cfg, dirs)``, for a single process, under torchrun and under
-Ray Train (DDP: gloo on CPU, nccl on CUDA; the rank comes from the launcher's environment), resuming exactly.
+"""The training loop of every method (``train.method``): one entry point, ``train(cfg, dirs)``, for a single process,
+under torchrun and under Ray Train (DDP: gloo on CPU, nccl on CUDA; the rank comes from the launcher's environment),
+resuming exactly. What a method adds (random draws, warm-up, logit scales) the loop asks of its model through the
+hooks of ``fixclip.trainable.Trainable``.
 
-Exact resume: a checkpoint holds the weights, the AdamW
-state, the step, and every rank's mask-generator and torch RNG states; the data position follows from the step
-(see data), the learning rate from the schedule.
+Exact resume: a checkpoint holds the weights, the AdamW state, the step, and every rank's torch RNG state and the
+model's own (``rng_state``, e.g. FIX-CLIP's mask generator); the data position follows from the step (see data), the
+learning rate from the schedule.
 """
 import contextlib
 import sys
@@ -17,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..base_model import build_clip
 from ..checkpoint_formats import load_clip
 from ..methods import METHODS, caption_keys
-from ..model import FixClip
+from ..trainable import Trainable
 from . import checkpoints as ckpt
 from . import distributed
 from .config import RunDirs, TrainConfig, file_sha256
@@ -41,19 +43,18 @@ def check_config(cfg: TrainConfig) -> None:
         except (ValueError, OSError) as exc:
             raise ValueError(f"base_model.config: {exc}") from None
         _method_model(cfg, clip)
-    method = METHODS[cfg.method]
     keys = _caption_keys(cfg)
     shards = shard_list(cfg.shards) if keys != caption_keys(1) else []
     if shards and Path(shards[0]).is_file():
-        check_members(shards[0], keys, method.captions_key)
+        check_members(shards[0], keys, cfg.method_section.captions_key)
 
 
 def _caption_keys(cfg: TrainConfig) -> tuple[str, ...]:
-    return caption_keys(METHODS[cfg.method].captions(cfg.method_section, cfg.caption_pool))
+    return caption_keys(cfg.method_section.captions(cfg.caption_pool))
 
 
-def _method_model(cfg: TrainConfig, clip: torch.nn.Module) -> FixClip:
-    return METHODS[cfg.method].build(clip, cfg.method_section, cfg.fixclip)
+def _method_model(cfg: TrainConfig, clip: torch.nn.Module) -> Trainable:
+    return METHODS[cfg.method].load().build(clip, cfg.method_section, cfg.fixclip)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -67,15 +68,15 @@ def _total_steps(cfg: TrainConfig, dataset_size: int, samples_per_step: int) -> 
     return max(1, samples // samples_per_step)
 
 
-def _rng_state(model: FixClip) -> dict:
-    state = {"mask": model.mask_generator.get_state(), "torch": torch.get_rng_state()}
+def _rng_state(model: Trainable) -> dict:
+    state = {**model.rng_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(model: FixClip, state: dict) -> None:
-    model.mask_generator.set_state(state["mask"])
+def _set_rng_state(model: Trainable, state: dict) -> None:
+    model.set_rng_state(state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -94,10 +95,10 @@ class _Run:
         model = _method_model(cfg, load_clip(cfg.base_model.config, cfg.base_model.weights))
         if cfg.logit_scale_init is not None:
             reset_logit_scale(model.logit_scale, cfg.logit_scale_init)
-        model.mask_generator.manual_seed(cfg.fixclip.mask_seed + ranks.rank)
+        model.seed_rank(ranks.rank)
         self.model = model.to(ranks.device)
         self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.new_params_lr_scale)
-        self.loss = METHODS[cfg.method].loss.from_config(cfg.method_section, ranks.rank, ranks.world_size)
+        self.loss = METHODS[cfg.method].load().loss.from_config(cfg.method_section, ranks.rank, ranks.world_size)
 
         shards = shard_list(cfg.shards)
         counts = [count_samples(s) for s in shards]
@@ -154,7 +155,7 @@ class _Run:
                              open_clip.image_transform(visual.image_size, is_train=False),
                              self.model.context_length, cfg.seed, cfg.shuffle_buffer,
                              start_chunk=self.step * cfg.grad_accum,
-                             long_keys=_caption_keys(cfg), draw_one=METHODS[cfg.method].draws_one)
+                             long_keys=_caption_keys(cfg), draw_one=not cfg.method_section.reads_all_captions)
         return micro_batches(stream, cfg.num_workers, pin_memory=self.ranks.device.type == "cuda")
 
     def _micro_step(self, net, batch, sync: bool) -> dict | None:
@@ -191,7 +192,7 @@ class _Run:
             while self.step < self.total_steps:
                 lr = cosine_lr(self.step, cfg.lr, cfg.warmup_steps, self.total_steps)
                 set_lr(self.optimizer, lr)
-                self.model.hfa_heads_only = self.step < cfg.fixclip.hfa_warmup_steps
+                self.model.start_step(self.step)
                 parts = []
                 for i in range(cfg.grad_accum):
                     batch = next(batches)
@@ -201,9 +202,8 @@ class _Run:
                             parts.append(result)
                 if len(parts) == cfg.grad_accum:
                     self.optimizer.step()
-                    clamp_logit_scale(self.model.logit_scale, cfg.logit_scale_max)
-                    if self.model.hfa_logit_scale is not None:
-                        clamp_logit_scale(self.model.hfa_logit_scale, cfg.logit_scale_max)
+                    for scale in self.model.logit_scales():
+                        clamp_logit_scale(scale, cfg.logit_scale_max)
                 else:
                     self._non_finite(self.step + 1)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -55,11 +55,12 @@ class Params(Section):
     export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
-    def _holistic_prompts(self):
-        """Holistic CLIP's K captions per image come from K different caption prompts."""
-        needed, listed = self.train.holistic.captions_per_image, len(self.caption.prompts)
-        if self.train.method == "holistic" and needed > listed:
-            raise ValueError(f"train.holistic.captions_per_image: {needed} captions need as many caption.prompts "
+    def _caption_prompts(self):
+        """A method that reads all of a sample's K captions (Holistic CLIP) needs them from K different prompts."""
+        section = self.train.method_section
+        needed, listed = section.captions(self.train.caption_pool), len(self.caption.prompts)
+        if section.reads_all_captions and needed > listed:
+            raise ValueError(f"train.{section.captions_key}: {needed} captions need as many caption.prompts "
                              f"({listed} listed)")
         return self
 
