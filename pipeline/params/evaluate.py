@@ -1,117 +1,22 @@
 """The `evaluate:` section of params.yaml: models, benchmarks (one entry per benchmark, `kind` picks the adapter in
-fixclip/eval/benchmarks), the held-out toy benchmark, batching. Protocols: fixclip/eval/benchmarks/README.md."""
+fixclip/eval/benchmarks, whose modules define the entries), the held-out toy benchmark, batching. Protocols:
+fixclip/eval/benchmarks/README.md."""
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from fixclip.eval.benchmarks.coco import CocoVal2017Entry
+from fixclip.eval.benchmarks.dci import DCIEntry
+from fixclip.eval.benchmarks.docci import DOCCIEntry
+from fixclip.eval.benchmarks.entry import NAME
+from fixclip.eval.benchmarks.iiw import IIWEntry
+from fixclip.eval.benchmarks.imagefolder import ImageFolderEntry
+from fixclip.eval.benchmarks.karpathy import KarpathyEntry
+from fixclip.eval.benchmarks.sharegpt4v import ShareGPT4VEntry
+from fixclip.eval.benchmarks.toy import ToyEntry
+from fixclip.eval.benchmarks.urban1k import Urban1kEntry
 from pipeline.params.section import Section
-
-_NAME = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-
-
-class _Entry(Section):
-    """A benchmark entry; fields named in `path_keys` must exist when the entry is listed."""
-
-    name: str = _NAME
-    # Retrieval only: cut every caption to its first N CLIP tokens (start and end included) before any model
-    # sees it; 77 shows what a model gets from a long text without what lies beyond CLIP's context.
-    max_text_tokens: int | None = Field(None, ge=3)
-    path_keys: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def is_retrieval(self) -> bool:
-        return True
-
-    @model_validator(mode="after")
-    def _paths_exist(self):
-        for key in self.path_keys:
-            if not Path(getattr(self, key)).exists():
-                raise ValueError(f"{key}: not found: {getattr(self, key)!r}")
-        if self.max_text_tokens is not None and not self.is_retrieval:
-            raise ValueError("max_text_tokens: applies to retrieval benchmarks only")
-        return self
-
-    def adapter_kwargs(self) -> dict:
-        """Keyword arguments of the adapter `fixclip.eval.benchmarks.ADAPTERS[kind]`."""
-        return self.model_dump(exclude={"kind", "name", "max_text_tokens"})
-
-
-class ToyEntry(_Entry):
-    kind: Literal["toy"]
-    task: Literal["long_retrieval", "layout_retrieval", "short_retrieval", "short_scene_retrieval", "zeroshot",
-                  "zeroshot_colour", "zeroshot_shape"]
-
-    @property
-    def is_retrieval(self) -> bool:
-        return not self.task.startswith("zeroshot")
-
-
-class Urban1kEntry(_Entry):
-    kind: Literal["urban1k"]
-    root: str  # folder holding image/ and caption/
-    path_keys: ClassVar[tuple[str, ...]] = ("root",)
-
-
-class ShareGPT4VEntry(_Entry):
-    kind: Literal["sharegpt4v"]
-    json_path: str  # share-captioner_coco_lcs_sam_1246k_1107.json
-    image_root: str  # ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it
-    subset: Literal["first_1k", "first_10k"] = "first_1k"
-    path_keys: ClassVar[tuple[str, ...]] = ("json_path", "image_root")
-
-
-class DCIEntry(_Entry):
-    kind: Literal["dci"]
-    root: str  # densely_captioned_images/ (annotations/, photos/)
-    fields: list[str] = ["short_caption", "extra_caption"]
-    path_keys: ClassVar[tuple[str, ...]] = ("root",)
-
-
-class IIWEntry(_Entry):
-    kind: Literal["iiw"]
-    jsonl: str  # e.g. IIW-400/data.jsonl
-    image_root: str  # e.g. DOCCI's images_aar/
-    text_key: str = "IIW"
-    image_suffix: str = ".jpg"
-    path_keys: ClassVar[tuple[str, ...]] = ("jsonl", "image_root")
-
-
-class DOCCIEntry(_Entry):
-    kind: Literal["docci"]
-    root: str  # docci_descriptions.jsonlines + images/
-    split: str = "test"
-    path_keys: ClassVar[tuple[str, ...]] = ("root",)
-
-
-class KarpathyEntry(_Entry):
-    kind: Literal["coco_karpathy", "flickr30k_karpathy"]
-    annotations: str  # dataset_coco.json / dataset_flickr30k.json
-    image_root: str  # COCO: folder holding val2014/; Flickr30k: flickr30k-images/
-    split: Literal["train", "restval", "val", "test"] = "test"
-    captions_per_image: int = Field(5, ge=1)
-    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")
-
-
-class CocoVal2017Entry(_Entry):
-    kind: Literal["coco_val2017"]
-    annotations: str  # annotations/captions_val2017.json
-    image_root: str  # val2017/
-    captions_per_image: int = Field(5, ge=1)
-    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")
-
-
-class ImageFolderEntry(_Entry):
-    kind: Literal["imagefolder"]
-    root: str  # root/<class folder>/<image>
-    templates: list[str] = Field(["a photo of a {c}."], min_length=1)
-    classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)
-    path_keys: ClassVar[tuple[str, ...]] = ("root",)
-
-    @property
-    def is_retrieval(self) -> bool:
-        return False
-
 
 BenchmarkEntry = Annotated[
     ToyEntry | Urban1kEntry | ShareGPT4VEntry | DCIEntry | IIWEntry | DOCCIEntry | KarpathyEntry | CocoVal2017Entry
@@ -155,7 +60,7 @@ class ExtraModel(Section):
     """A checkpoint scored beside base and trained: any format `fixclip.load` reads (OpenAI archive, open_clip hub
     folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours)."""
 
-    name: str = _NAME
+    name: str = NAME
     path: str
 
     @model_validator(mode="after")

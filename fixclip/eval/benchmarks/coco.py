@@ -3,7 +3,11 @@
 For the Karpathy 5k test split use ``karpathy.load`` with ``dataset_coco.json``."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 
@@ -15,3 +19,11 @@ def load(annotations: str, image_root: str, captions_per_image: int = 5) -> Retr
         captions[annotation["image_id"]].append(annotation["caption"].strip())
     return RetrievalBenchmark([Path(image_root, image["file_name"]) for image in data["images"]],
                               [captions[image["id"]][:captions_per_image] for image in data["images"]])
+
+
+class CocoVal2017Entry(Entry):
+    kind: Literal["coco_val2017"]
+    annotations: str  # annotations/captions_val2017.json
+    image_root: str  # val2017/
+    captions_per_image: int = Field(5, ge=1)
+    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")

@@ -2,7 +2,9 @@
 SA-1B photos in ``densely_captioned_images/photos/``; 7,805 images."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from .entry import Entry
 from .types import RetrievalBenchmark
 
 DEFAULT_FIELDS = ("short_caption", "extra_caption")
@@ -19,3 +21,10 @@ def load(root: str, fields: tuple[str, ...] | list[str] = DEFAULT_FIELDS) -> Ret
         images.append(Path(root, "photos", record["image"]))
         captions.append([" ".join(str(record[f]).strip() for f in fields if str(record.get(f) or "").strip())])
     return RetrievalBenchmark(images, captions)
+
+
+class DCIEntry(Entry):
+    kind: Literal["dci"]
+    root: str  # densely_captioned_images/ (annotations/, photos/)
+    fields: list[str] = ["short_caption", "extra_caption"]
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)

@@ -2,7 +2,9 @@
 the extracted ``images/`` folder; the test split has 5,000 images."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 
@@ -15,3 +17,10 @@ def load(root: str, split: str = "test") -> RetrievalBenchmark:
         raise ValueError(f"{root}: no DOCCI records in split {split!r}")
     return RetrievalBenchmark([Path(root, "images", r["image_file"]) for r in records],
                               [[r["description"].strip()] for r in records])
+
+
+class DOCCIEntry(Entry):
+    kind: Literal["docci"]
+    root: str  # docci_descriptions.jsonlines + images/
+    split: str = "test"
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)

@@ -2,7 +2,9 @@
 ``image/key`` and the description under ``IIW``; IIW-400 images are DOCCI's AAR images (``images_aar/<key>.jpg``)."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 
@@ -12,3 +14,12 @@ def load(jsonl: str, image_root: str, text_key: str = "IIW", image_suffix: str =
     records = [json.loads(line) for line in lines if line.strip()]
     return RetrievalBenchmark([Path(image_root, f"{r['image/key']}{image_suffix}") for r in records],
                               [[r[text_key].strip()] for r in records])
+
+
+class IIWEntry(Entry):
+    kind: Literal["iiw"]
+    jsonl: str  # e.g. IIW-400/data.jsonl
+    image_root: str  # e.g. DOCCI's images_aar/
+    text_key: str = "IIW"
+    image_suffix: str = ".jpg"
+    path_keys: ClassVar[tuple[str, ...]] = ("jsonl", "image_root")

@@ -2,7 +2,11 @@
 torchvision's ImageFolder), with readable class names from an optional file."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from .entry import Entry
 from .types import ClassificationBenchmark
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -34,3 +38,15 @@ def load(root: str, templates: list[str], classnames: str | None = None) -> Clas
                 images.append(path)
                 labels.append(label)
     return ClassificationBenchmark(images, labels, _classnames(folders, classnames), list(templates))
+
+
+class ImageFolderEntry(Entry):
+    kind: Literal["imagefolder"]
+    root: str  # root/<class folder>/<image>
+    templates: list[str] = Field(["a photo of a {c}."], min_length=1)
+    classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
+
+    @property
+    def is_retrieval(self) -> bool:
+        return False

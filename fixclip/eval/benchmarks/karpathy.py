@@ -3,7 +3,11 @@
 1k test with five captions per image are the standard short-text retrieval protocol."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 
@@ -20,3 +24,12 @@ def load(annotations: str, image_root: str, split: str = "test", captions_per_im
         [Path(image_root, image.get("filepath", ""), image["filename"]) for image in chosen],
         [[s["raw"].strip() for s in image["sentences"][:captions_per_image]] for image in chosen],
     )
+
+
+class KarpathyEntry(Entry):
+    kind: Literal["coco_karpathy", "flickr30k_karpathy"]
+    annotations: str  # dataset_coco.json / dataset_flickr30k.json
+    image_root: str  # COCO: folder holding val2014/; Flickr30k: flickr30k-images/
+    split: Literal["train", "restval", "val", "test"] = "test"
+    captions_per_image: int = Field(5, ge=1)
+    path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")

@@ -3,7 +3,9 @@
 data root (``sam/images/sa_<n>.jpg``)."""
 import json
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 SUBSET_SIZES = {"first_1k": 1000, "first_10k": 10000}
@@ -22,3 +24,11 @@ def load(json_path: str, image_root: str, subset: str = "first_1k") -> Retrieval
     if len(chosen) < size:
         raise ValueError(f"{json_path}: only {len(chosen)} SAM entries, {subset} needs {size}")
     return RetrievalBenchmark([Path(image_root, e["image"]) for e in chosen], [[_caption(e)] for e in chosen])
+
+
+class ShareGPT4VEntry(Entry):
+    kind: Literal["sharegpt4v"]
+    json_path: str  # share-captioner_coco_lcs_sam_1246k_1107.json
+    image_root: str  # ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it
+    subset: Literal["first_1k", "first_10k"] = "first_1k"
+    path_keys: ClassVar[tuple[str, ...]] = ("json_path", "image_root")

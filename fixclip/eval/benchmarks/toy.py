@@ -13,7 +13,9 @@ shapes), ensembled as templates are, so neither attribute is asked about in word
 """
 import json
 from pathlib import Path
+from typing import Literal
 
+from .entry import Entry
 from .types import Benchmark, ClassificationBenchmark, RetrievalBenchmark, require_file
 
 RETRIEVAL = {"long_retrieval": ("retrieval.jsonl", "long_caption"),
@@ -55,3 +57,13 @@ def load(root: str, task: str) -> Benchmark:
     file, field = RETRIEVAL[task]
     records = _records(Path(root, file))
     return RetrievalBenchmark([Path(root, r["image"]) for r in records], [[r[field]] for r in records])
+
+
+class ToyEntry(Entry):
+    kind: Literal["toy"]
+    task: Literal["long_retrieval", "layout_retrieval", "short_retrieval", "short_scene_retrieval", "zeroshot",
+                  "zeroshot_colour", "zeroshot_shape"]
+
+    @property
+    def is_retrieval(self) -> bool:
+        return not self.task.startswith("zeroshot")

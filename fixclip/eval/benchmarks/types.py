@@ -1,8 +1,10 @@
 """What an adapter returns: image paths with captions (retrieval) or with class labels (zero-shot)."""
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class RetrievalBenchmark:
             raise ValueError(f"{len(empty)} images without a caption, e.g. {empty[0]}")
         check_images(self.images)
 
-    def texts_and_pairs(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def texts_and_pairs(self) -> tuple[list[str], "torch.Tensor", "torch.Tensor"]:
         """Distinct captions (first-seen order) and the (text, image) positive pairs.
 
         A caption shared by several images becomes one text positive for each of them, so equal texts never tie
@@ -33,6 +35,7 @@ class RetrievalBenchmark:
             for caption in captions:
                 pairs.add((index.setdefault(caption, len(index)), image))
         ordered = sorted(pairs)
+        import torch  # here: params validation imports this module (its entries) and must not import torch
         return list(index), torch.tensor([t for t, _ in ordered]), torch.tensor([i for _, i in ordered])
 
     @property

@@ -1,6 +1,8 @@
 """Urban1k (Long-CLIP, Zhang et al. 2024): ``root/image/<n>.jpg`` with ``root/caption/<n>.txt``, 1000 pairs."""
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from .entry import Entry
 from .types import RetrievalBenchmark, require_file
 
 
@@ -15,3 +17,9 @@ def load(root: str) -> RetrievalBenchmark:
         raise FileNotFoundError(f"no caption/*.txt under {root}")
     images = [require_file(Path(root, "image", f"{c.stem}.jpg"), "Urban1k image") for c in captions]
     return RetrievalBenchmark(images, [[c.read_text(encoding="utf-8").strip()] for c in captions])
+
+
+class Urban1kEntry(Entry):
+    kind: Literal["urban1k"]
+    root: str  # folder holding image/ and caption/
+    path_keys: ClassVar[tuple[str, ...]] = ("root",)
