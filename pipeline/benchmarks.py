@@ -8,7 +8,7 @@ made (docs/evaluation.md, "Protocol"). Real benchmarks have no development split
 from dataclasses import replace
 from pathlib import Path
 
-from fixclip.eval.benchmarks import ADAPTERS, Benchmark
+from fixclip.eval.benchmarks import Benchmark
 
 TOY_DIR = Path("data/toy_benchmark")  # written by the benchmarks stage, read by evaluate
 DEV_TOY_DIR = Path("data/toy_benchmark_dev")
@@ -23,8 +23,5 @@ def dev_entries(entries) -> list:
 def load_benchmark(entry, toy_dir: Path = TOY_DIR) -> Benchmark:
     """The adapter of `entry.kind` called with the entry's options (toy: the generated folder), captions cut to
     `max_text_tokens` when set."""
-    kwargs = entry.adapter_kwargs()
-    if entry.kind == "toy":
-        kwargs["root"] = str(toy_dir)
-    benchmark = ADAPTERS[entry.kind](**kwargs)
+    benchmark = entry.load(**({"root": str(toy_dir)} if entry.kind == "toy" else {}))
     return benchmark if entry.max_text_tokens is None else replace(benchmark, max_text_tokens=entry.max_text_tokens)

@@ -2,28 +2,14 @@
 fixclip/eval/benchmarks, whose modules define the entries), the held-out toy benchmark, batching. Protocols:
 fixclip/eval/benchmarks/README.md."""
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fixclip.eval.benchmarks.coco import CocoVal2017Entry
-from fixclip.eval.benchmarks.dci import DCIEntry
-from fixclip.eval.benchmarks.docci import DOCCIEntry
+from fixclip.eval.benchmarks import BenchmarkEntry
 from fixclip.eval.benchmarks.entry import NAME
-from fixclip.eval.benchmarks.iiw import IIWEntry
-from fixclip.eval.benchmarks.imagefolder import ImageFolderEntry
-from fixclip.eval.benchmarks.karpathy import KarpathyEntry
-from fixclip.eval.benchmarks.sharegpt4v import ShareGPT4VEntry
 from fixclip.eval.benchmarks.toy import ToyEntry
-from fixclip.eval.benchmarks.urban1k import Urban1kEntry
 from pipeline.params.section import Section
-
-BenchmarkEntry = Annotated[
-    ToyEntry | Urban1kEntry | ShareGPT4VEntry | DCIEntry | IIWEntry | DOCCIEntry | KarpathyEntry | CocoVal2017Entry
-    | ImageFolderEntry,
-    Field(discriminator="kind"),
-]
-
 
 class ToyBenchmarkParams(Section):
     """Held-out toy-world scenes (same world shape as source.toyworld, a different seed): the test split, which the

@@ -23,6 +23,7 @@ def load(annotations: str, image_root: str, captions_per_image: int = 5) -> Retr
 
 class CocoVal2017Entry(Entry):
     kind: Literal["coco_val2017"]
+    adapter = load
     annotations: str  # annotations/captions_val2017.json
     image_root: str  # val2017/
     captions_per_image: int = Field(5, ge=1)

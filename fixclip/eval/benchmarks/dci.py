@@ -25,6 +25,7 @@ def load(root: str, fields: tuple[str, ...] | list[str] = DEFAULT_FIELDS) -> Ret
 
 class DCIEntry(Entry):
     kind: Literal["dci"]
+    adapter = load
     root: str  # densely_captioned_images/ (annotations/, photos/)
     fields: list[str] = ["short_caption", "extra_caption"]
     path_keys: ClassVar[tuple[str, ...]] = ("root",)

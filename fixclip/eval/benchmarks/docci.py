@@ -21,6 +21,7 @@ def load(root: str, split: str = "test") -> RetrievalBenchmark:
 
 class DOCCIEntry(Entry):
     kind: Literal["docci"]
+    adapter = load
     root: str  # docci_descriptions.jsonlines + images/
     split: str = "test"
     path_keys: ClassVar[tuple[str, ...]] = ("root",)

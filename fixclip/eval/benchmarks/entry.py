@@ -1,5 +1,7 @@
 """The base of an ``evaluate.benchmarks`` entry of params.yaml: each adapter module defines its entry class (the
-entry's ``kind`` and options, the adapter's keyword arguments) next to its ``load``."""
+entry's ``kind`` and options, the adapter's keyword arguments) next to its ``load``, which the class names as its
+``adapter``; the package's ``ENTRIES`` lists the classes."""
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +20,7 @@ class Entry(StrictConfig):
     # sees it; 77 shows what a model gets from a long text without what lies beyond CLIP's context.
     max_text_tokens: int | None = Field(None, ge=3)
     path_keys: ClassVar[tuple[str, ...]] = ()
+    adapter: ClassVar[Callable]  # the module's load(**options) -> RetrievalBenchmark | ClassificationBenchmark
 
     @property
     def is_retrieval(self) -> bool:
@@ -33,5 +36,9 @@ class Entry(StrictConfig):
         return self
 
     def adapter_kwargs(self) -> dict:
-        """Keyword arguments of the adapter `fixclip.eval.benchmarks.ADAPTERS[kind]`."""
+        """Keyword arguments of the entry's ``adapter``."""
         return self.model_dump(exclude={"kind", "name", "max_text_tokens"})
+
+    def load(self, **overrides):
+        """The benchmark: the adapter called with the entry's options, ``overrides`` replacing some."""
+        return type(self).adapter(**(self.adapter_kwargs() | overrides))

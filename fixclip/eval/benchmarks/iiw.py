@@ -18,6 +18,7 @@ def load(jsonl: str, image_root: str, text_key: str = "IIW", image_suffix: str =
 
 class IIWEntry(Entry):
     kind: Literal["iiw"]
+    adapter = load
     jsonl: str  # e.g. IIW-400/data.jsonl
     image_root: str  # e.g. DOCCI's images_aar/
     text_key: str = "IIW"

@@ -42,6 +42,7 @@ def load(root: str, templates: list[str], classnames: str | None = None) -> Clas
 
 class ImageFolderEntry(Entry):
     kind: Literal["imagefolder"]
+    adapter = load
     root: str  # root/<class folder>/<image>
     templates: list[str] = Field(["a photo of a {c}."], min_length=1)
     classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)

@@ -28,6 +28,7 @@ def load(annotations: str, image_root: str, split: str = "test", captions_per_im
 
 class KarpathyEntry(Entry):
     kind: Literal["coco_karpathy", "flickr30k_karpathy"]
+    adapter = load
     annotations: str  # dataset_coco.json / dataset_flickr30k.json
     image_root: str  # COCO: folder holding val2014/; Flickr30k: flickr30k-images/
     split: Literal["train", "restval", "val", "test"] = "test"

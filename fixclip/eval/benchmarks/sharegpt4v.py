@@ -28,6 +28,7 @@ def load(json_path: str, image_root: str, subset: str = "first_1k") -> Retrieval
 
 class ShareGPT4VEntry(Entry):
     kind: Literal["sharegpt4v"]
+    adapter = load
     json_path: str  # share-captioner_coco_lcs_sam_1246k_1107.json
     image_root: str  # ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it
     subset: Literal["first_1k", "first_10k"] = "first_1k"

@@ -61,6 +61,7 @@ def load(root: str, task: str) -> Benchmark:
 
 class ToyEntry(Entry):
     kind: Literal["toy"]
+    adapter = load
     task: Literal["long_retrieval", "layout_retrieval", "short_retrieval", "short_scene_retrieval", "zeroshot",
                   "zeroshot_colour", "zeroshot_shape"]
 

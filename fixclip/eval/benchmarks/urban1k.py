@@ -21,5 +21,6 @@ def load(root: str) -> RetrievalBenchmark:
 
 class Urban1kEntry(Entry):
     kind: Literal["urban1k"]
+    adapter = load
     root: str  # folder holding image/ and caption/
     path_keys: ClassVar[tuple[str, ...]] = ("root",)
