@@ -12,6 +12,9 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 
+STOP_GRACE_S = 10.0
+
+
 class WorkerDied(RuntimeError):
     """A download worker process died; the shards it had are not finished."""
 
@@ -26,7 +29,7 @@ def multiprocessing_distributor(processes_count, downloader, reader, _, max_shar
                              max_tasks_per_child=5) as pool:
 
         def run(shards):
-            failed, pending, shards = [], set(), iter(shards)
+            failed, pending = [], set()
             with tqdm(desc="download: shards", unit="shard") as progress:
                 for shard in shards:
                     pending.add(pool.submit(downloader, shard))
@@ -39,8 +42,11 @@ def multiprocessing_distributor(processes_count, downloader, reader, _, max_shar
         try:
             retrier(run, run(reader), max_shard_retry)
         except BrokenProcessPool as exc:
-            for child in multiprocessing.active_children():  # img2dataset's progress logger waits for every shard
+            children = multiprocessing.active_children()  # img2dataset's progress logger waits for every shard
+            for child in children:
                 child.terminate()
+            for child in children:
+                child.join(STOP_GRACE_S)
             raise WorkerDied("download: a worker process died (killed or out of memory) before finishing its "
                              "shard; rerun to resume from the finished shards") from exc
 
