@@ -106,6 +106,13 @@ def file_digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def raw_digests(folder: Path) -> dict[str, str]:
+    """file_digests of a download folder less the timings .dvcignore keeps out of DVC's hash (its stats and run
+    history): what two downloads of the same URLs must share."""
+    return {name: digest for name, digest in file_digests(folder).items()
+            if not name.endswith("_stats.json") and name != "runs.jsonl"}
+
+
 def project_files() -> list[str]:
     """The repository's files as a fresh clone would have them (tracked + new, not ignored)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,

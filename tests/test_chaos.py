@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import FIGURES, file_digests, run, stage_env
+from tests.conftest import FIGURES, file_digests, raw_digests, run, stage_env
 from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _processes_in, _shrink
 
 pytestmark = pytest.mark.slow
@@ -150,20 +151,15 @@ def _outputs(root: Path) -> dict:
     shards = {}
     for path in sorted((root / "data/shards").rglob("*.tar")):
         shards.update({member: path.name for member in _members(path)})
-    raw = file_digests(root / "data/raw")
-    raw = {name: digest for name, digest in raw.items()  # not the timings .dvcignore keeps out of DVC's hash
-           if not name.endswith("_stats.json") and name != "runs.jsonl"}
     records = [url for path in sorted((root / "data/raw").glob("*.parquet"))
                for url in pq.read_table(path, columns=["url"]).column("url").to_pylist()]
     assert len(records) == len(set(records)), "a URL recorded twice"
     return {"records": len(records), "urls": json.loads((root / "metrics/download.json").read_text()),
-            "captions": captions, "shards": shards, "raw": raw, "shard_bytes": file_digests(root / "data/shards"),
-            "weights": file_digests(root / "models/fixclip")}
+            "captions": captions, "shards": shards, "raw": raw_digests(root / "data/raw"),
+            "shard_bytes": file_digests(root / "data/shards"), "weights": file_digests(root / "models/fixclip")}
 
 
 def _members(path: Path) -> list[str]:
-    import tarfile
-
     with tarfile.open(path) as archive:
         return archive.getnames()
 

@@ -25,6 +25,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from ray.exceptions import RayActorError
+
 from pipeline.caption.client import CaptionResult, CaptionServiceError, caption_stream
 from pipeline.caption.fleet import STOP_GRACE_S, VllmFleet
 from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
@@ -32,8 +35,6 @@ from pipeline.outputs import write_bytes
 from pipeline.params.caption import CaptionParams, RayOptions
 from pipeline.ray_session import RayClusterError, ray_session, this_node
 
-import ray
-from ray.exceptions import RayActorError
 
 def check_resources(options: RayOptions) -> None:
     """A worker asking for GPUs must fit on some node, or it would wait forever."""

@@ -21,7 +21,7 @@ from pipeline.download import run as download_run
 from pipeline.download.pool import WorkerDied
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
-from tests.conftest import REPO, file_digests, free_port
+from tests.conftest import REPO, free_port, raw_digests
 
 LOOPBACK = ["127.0.0.0/8"]  # the download guard refuses loopback unless opened (test_guard.py)
 
@@ -229,7 +229,7 @@ def test_same_urls_same_bytes(tmp_path, http_server):
     folders = [tmp_path / "first", tmp_path / "second"]
     for out in folders:
         download_run.run(params, urls, out)
-    first, second = (_hashed(out) for out in folders)
+    first, second = (raw_digests(out) for out in folders)
     assert first == second and len(first) == 3 * 2 + 1  # tar and parquet per shard + fingerprint.txt
     with tarfile.open(folders[0] / "00000.tar") as archive:
         members = archive.getmembers()
@@ -245,19 +245,14 @@ def test_same_urls_same_bytes(tmp_path, http_server):
     stats = json.loads((folders[1] / "00000_stats.json").read_text())
     (folders[1] / "00000_stats.json").write_text(json.dumps({k: v for k, v in stats.items() if k != "canonical"}))
     (folders[1] / ".00000.tar.1.abc.tmp").write_bytes(b"half")
-    assert _hashed(folders[1]) != first
+    assert raw_digests(folders[1]) != first
     download_run.run(params, urls, folders[1])
-    assert _hashed(folders[1]) == first
-
-
-def _hashed(out) -> dict[str, str]:
-    """The files of a download folder that DVC hashes (not the timings .dvcignore names)."""
-    return {name: digest for name, digest in file_digests(out).items()
-            if not name.endswith("_stats.json") and name != "runs.jsonl"}
+    assert raw_digests(folders[1]) == first
 
 
 def test_timings_are_not_in_the_hash():
-    """DVC hashes data/raw and data/captions without their timings (real `dvc check-ignore`), as `_hashed` does."""
+    """DVC hashes data/raw and data/captions without their timings (real `dvc check-ignore`), as `raw_digests`
+    assumes."""
     paths = ["data/raw/runs.jsonl", "data/raw/00000_stats.json", "data/captions/_runs.json", "data/raw/00000.tar",
              "data/raw/00000.parquet", "data/raw/fingerprint.txt"]
     ignored = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", *paths], cwd=REPO, capture_output=True,
