@@ -1,9 +1,7 @@
 """DVC stage `download`: data/urls.parquet -> data/raw/ (img2dataset webdataset shards) + metrics/download.json."""
-import sys
 from pathlib import Path
 
 from pipeline.download import run as download_run
-from pipeline.download.pool import WorkerDied
 from pipeline.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
@@ -21,8 +19,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     with exit_on_params_error():
-        try:
-            main()
-        except WorkerDied as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
+        main()

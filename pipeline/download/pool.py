@@ -11,11 +11,12 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
+from pipeline.params import StageFailure
 
 STOP_GRACE_S = 10.0
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(StageFailure):
     """A download worker process died; the shards it had are not finished."""
 
 

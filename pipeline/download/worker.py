@@ -13,7 +13,6 @@ from pathlib import Path
 
 from img2dataset.downloader import Downloader
 
-from pipeline.download import pool
 from pipeline.download.canonical import settle
 from pipeline.download.guard import Policy, opener
 
@@ -37,6 +36,8 @@ class GuardedDownloader(Downloader):
 def guarded_downloads(policy: Policy):
     """Inside the block, `img2dataset.download` downloads through GuardedDownloader, and its multiprocessing
     distributor is the one that notices a dead worker (pipeline/download/pool.py)."""
+    from pipeline.download import pool  # here: the workers, which import this module, do not need it
+
     main = importlib.import_module("img2dataset.main")  # the module: the package's `main` is its CLI function
     originals = main.Downloader, main.multiprocessing_distributor
     main.Downloader = functools.partial(GuardedDownloader, policy)

@@ -75,6 +75,11 @@ class Params(Section):
         return self
 
 
+class StageFailure(RuntimeError):
+    """A stage cannot finish for a reason outside its input (e.g. a worker process died): one line, exit 1, and the
+    rerun resumes. The message says what happened."""
+
+
 class ParamsError(UserError, ValueError):
     """params.yaml is unreadable or invalid; the message names every bad key, on one line."""
 
@@ -158,12 +163,16 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 @contextmanager
 def exit_on_params_error(*also: type[Exception]) -> Iterator[None]:
     """For stage entry points: a ParamsError (or another user error, or one of ``also``) prints the named bad keys
-    and exits 2, without a traceback; a full disk prints one line naming where and exits 1. A failed stage leaves
-    nothing DVC keeps (it commits outputs only after the command succeeds; our writers rename complete files into
-    place), so the rerun after space is freed starts clean (docs/pipeline.md, "When a stage fails")."""
+    and exits 2, without a traceback; a StageFailure, or a full disk (naming where), prints one line and exits 1.
+    A failed stage leaves nothing DVC keeps (it commits outputs only after the command succeeds; our writers rename
+    complete files into place), so the rerun after space is freed starts clean (docs/pipeline.md, "When a stage
+    fails")."""
     try:
         with user_errors(*also):
             yield
+    except StageFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as exc:
         if exc.errno not in NO_SPACE:
             raise

@@ -18,9 +18,8 @@ import pytest
 from PIL import Image
 
 from pipeline.download import run as download_run
-from pipeline.download.pool import WorkerDied
 from pipeline.params.download import DownloadParams
-from pipeline.params import ParamsError
+from pipeline.params import ParamsError, exit_on_params_error
 from tests.conftest import REPO, free_port, raw_digests
 
 LOOPBACK = ["127.0.0.0/8"]  # the download guard refuses loopback unless opened (test_guard.py)
@@ -260,9 +259,9 @@ def test_timings_are_not_in_the_hash():
     assert ignored.stdout.split() == paths[:3]
 
 
-def test_a_killed_worker_stops_the_stage_and_the_rerun_resumes(tmp_path, http_server):
+def test_a_killed_worker_stops_the_stage_and_the_rerun_resumes(tmp_path, http_server, capsys):
     """img2dataset's own pool would wait forever for the shard of a worker killed with SIGKILL; ours fails at once
-    (WorkerDied), stops img2dataset's logger process, and the rerun downloads what is missing."""
+    (WorkerDied: one line, exit 1), stops img2dataset's logger process, and the rerun downloads what is missing."""
     base, routes = http_server
     jpeg = _encode(_photo(), "JPEG")
     routes["/a.jpg"] = (200, "image/jpeg", jpeg, 0)
@@ -282,9 +281,13 @@ def test_a_killed_worker_stops_the_stage_and_the_rerun_resumes(tmp_path, http_se
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
-    with pytest.raises(WorkerDied, match="a worker process died"):
-        download_run.run(params, urls, tmp_path / "raw")
+    with pytest.raises(SystemExit) as exited:
+        with exit_on_params_error():  # as the stage runs it
+            download_run.run(params, urls, tmp_path / "raw")
     killer.join()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: download: a worker process died")
     assert not multiprocessing.active_children()
     summary = download_run.run(params, urls, tmp_path / "raw")
     assert summary["success"] == 8 and summary["shards"] == 4
