@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench.report, when run from elsewhere
 
 from bench.report import check_row, meets  # noqa: E402
-from fixclip.cli import ArgumentParser, UserError, user_errors  # noqa: E402
+from core.cli import ArgumentParser, UserError, user_errors  # noqa: E402
 
 VENV_BIN = REPO / ".venv/bin"
 METRICS = REPO / "bench/results.json"

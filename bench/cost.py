@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))  # the repository root, when run as a script
 
 from bench.caption_cost import WEB_SIZES, Captioner, Cost, Setting, cost, image_sizes  # noqa: E402
 from bench.gpus import GPUS, Gpu  # noqa: E402
-from fixclip.cli import ArgumentParser, UserError, existing_file, existing_path, user_errors  # noqa: E402
+from core.cli import ArgumentParser, UserError, existing_file, existing_path, user_errors  # noqa: E402
 from pipeline.params import read_yaml  # noqa: E402
 from pipeline.params.caption import CaptionParams  # noqa: E402
 from pipeline.profile import merge  # noqa: E402

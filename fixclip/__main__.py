@@ -7,15 +7,15 @@
 ``--images`` takes image files and folders (searched recursively); search also takes webdataset shards. A texts
 file holds one text per line. A text longer than the model's context (248 tokens after the stretch) is cut there,
 and stderr says which. A user error (a missing file, an unreadable image, a bad argument or device, a folder that
-holds no model) is one line on stderr and exit status 2 (``fixclip.cli``). torch and open_clip are imported only
+holds no model) is one line on stderr and exit status 2 (``core.cli``). torch and open_clip are imported only
 once the arguments are read, so ``--help`` and argument errors are quick.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from .cli import ArgumentParser, UserError, existing_file, existing_path, user_errors
-from .image_files import images_or_folder
+from core.cli import ArgumentParser, UserError, existing_file, existing_path, user_errors
+from core.image_files import images_or_folder
 
 
 def positive(value: str) -> int:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .base_model import ModelRef, build_clip, resolve_model_config
-from .cli import UserError
+from core.cli import UserError
 
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", ("open_clip_model.safetensors",
                                                                "open_clip_pytorch_model.bin")

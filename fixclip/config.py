@@ -7,21 +7,13 @@ backbone (e.g. prompt_grid must fit its patch grid) run in ``check_fits`` when t
 """
 from typing import ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from core.config import StrictConfig
 
 CLIP_CONTEXT = 77  # the text positions of every CLIP the stretch is meant for
 # The keys of the fixclip section that Long-CLIP and Holistic CLIP read too: they share FIX-CLIP's text stretch.
 STRETCH_KEYS = ("stretch_keep", "stretch_ratio", "trim_text_padding")
-
-
-class StrictConfig(BaseModel):
-    """Frozen; `'8'` is not an int and an unknown key is an error (as everywhere in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    def with_(self, **changes):
-        """A validated copy with some fields changed."""
-        return type(self).model_validate(self.model_dump() | changes)
 
 
 class MethodSection(StrictConfig):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import UserError
+from core.cli import UserError
 from .eval.encode import eval_transform
 from .model import FixClip
 from .model_folder import load_model_folder

@@ -20,9 +20,9 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from .cli import UserError
+from core.cli import UserError
 from .eval.encode import eval_transform
-from .image_files import IMAGE_SUFFIXES, UNDECODABLE, png_data_url
+from core.image_files import IMAGE_SUFFIXES, UNDECODABLE, png_data_url
 from .model import FixClip
 
 SHARD_SUFFIX = ".tar"

@@ -15,7 +15,7 @@ import math
 import re
 import statistics
 
-from fixclip.cli import ArgumentParser, UserError, user_errors
+from core.cli import ArgumentParser, UserError, user_errors
 
 DEFAULT_METRICS = ("toy_long.trained.i2t_R@1", "toy_long.trained.t2i_R@1", "toy_layout.trained.i2t_R@1",
                    "toy_short_scenes.trained.i2t_R@1", "toy_short_scenes.trained.t2i_R@1",

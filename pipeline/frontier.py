@@ -17,7 +17,7 @@ from pathlib import Path
 
 import vl_convert
 
-from fixclip.cli import ArgumentParser, UserError, user_errors
+from core.cli import ArgumentParser, UserError, user_errors
 from pipeline.experiments import SPLIT_HELP, SPLITS, row_and_seed, spreads
 
 AXES = {"zero-shot": ("toy_zeroshot.{}.top1",), "long-text": ("toy_long.{}.i2t_R@1", "toy_long.{}.t2i_R@1"),

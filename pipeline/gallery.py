@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fixclip.cli import ArgumentParser, UserError, user_errors
-from fixclip.image_files import UNDECODABLE, png_data_url
+from core.cli import ArgumentParser, UserError, user_errors
+from core.image_files import UNDECODABLE, png_data_url
 from pipeline.toyworld.captions import ATTRIBUTES, cell_name, judge_caption
 
 DEFAULT_OUT = Path("gallery/index.html")

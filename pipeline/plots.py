@@ -17,7 +17,7 @@ from pathlib import Path
 
 import vl_convert
 
-from fixclip.cli import ArgumentParser, UserError, user_errors
+from core.cli import ArgumentParser, UserError, user_errors
 
 DEFAULT_OUT = Path("dvc_plots/offline.html")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from fixclip.cli import ArgumentParser, existing_file, user_errors
+from core.cli import ArgumentParser, existing_file, user_errors
 from pipeline.params import PARAMS_FILE, ParamsError, parse_params, read_yaml
 
 

@@ -13,7 +13,7 @@ DVC gives the other views:
 import json
 from pathlib import Path
 
-from fixclip.cli import ArgumentParser, UserError, existing_folder, user_errors
+from core.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.caption.filters import STATUSES
 
 CAPTION_FAILURES = [status for status in STATUSES if status != "ok"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.benchmarks import DEV_TOY_DIR, TOY_DIR
 from pipeline.decontaminate.benchmarks import BenchmarkImageError, fingerprint_benchmarks
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 from pipeline.toyworld.benchmark import generate
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from pipeline.download import run as download_run
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
 URLS = Path("data/urls.parquet")

@@ -19,7 +19,7 @@ from fixclip.eval.run import evaluate_all, headline, plot_rows
 from fixclip.model_folder import WITHOUT_PROMPTS, load_base, load_model_folder
 from fixclip.train.distributed import pick_device
 from pipeline.benchmarks import DEV, DEV_TOY_DIR, TOY_DIR, dev_entries, load_benchmark
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params import ParamsError, exit_on_params_error, load_params
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import BaseModelParams

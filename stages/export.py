@@ -23,7 +23,7 @@ from fixclip.export.model_card import RunFacts, model_card
 from fixclip.export.openclip_folder import export_open_clip
 from fixclip.methods import method_of
 from fixclip.model_folder import MODEL_CONFIG, WITHOUT_PROMPTS, load_model_folder
-from pipeline.outputs import write_bytes, write_json
+from core.outputs import write_bytes, write_json
 from pipeline.params import PARAMS_FILE, Params, ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
 

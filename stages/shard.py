@@ -6,7 +6,7 @@ from pathlib import Path
 from pipeline.decontaminate.downloaded import Decontamination
 from pipeline.decontaminate.index import FingerprintError, read
 from pipeline.shard import writer
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params import exit_on_params_error, load_params
 
 RAW = Path("data/raw")

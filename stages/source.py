@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.source import url_list
 from pipeline.toyworld import scenes
-from pipeline.outputs import write_json, write_parquet
+from core.outputs import write_json, write_parquet
 from pipeline.params import exit_on_params_error, load_params
 
 URLS = Path("data/urls.parquet")

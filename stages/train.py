@@ -12,10 +12,10 @@ from pathlib import Path
 from fixclip.train.config import RunDirs
 from fixclip.train.distributed import torchrun_command, under_torchrun
 from fixclip.train.loop import check_config, train
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.train import TrainParams
-from pipeline.ray_session import RayClusterError, ray_session, require_ray
+from core.ray_session import RayClusterError, ray_session, require_ray
 
 DIRS = RunDirs(out_dir="models/fixclip", checkpoint_dir="checkpoints/train", log_dir="dvclive/train")
 METRICS = Path("metrics/train.json")

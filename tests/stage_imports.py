@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import REPO
 
-CODE_ROOTS = ("stages", "pipeline", "fixclip")
+CODE_ROOTS = ("stages", "pipeline", "fixclip", "core")
 EXEMPT = ("pipeline/params/",)
 
 

@@ -19,7 +19,7 @@ VLLM_PYTHON = REPO / ".venv-vllm/bin/python"
 # One library file per stage, plus files shared by several stages.
 CODE_EDITS = ("pipeline/source/url_list.py", "pipeline/download/run.py", "pipeline/caption/client.py",
               "pipeline/shard/writer.py", "fixclip/loss.py", "fixclip/eval/metrics.py", "pipeline/toyworld/scenes.py",
-              "fixclip/model.py", "pipeline/outputs.py", "fixclip/export/hf_folder.py")
+              "fixclip/model.py", "core/outputs.py", "fixclip/export/hf_folder.py")
 
 
 def _commit(root, message):

@@ -3,7 +3,7 @@ own (docs/architecture.md).
 
 Imports are read statically (ast), also those inside functions; only the modules an import names count, not the
 parent packages Python runs on the way. At package level a node is a package (a folder with `__init__.py`), and
-each module directly in pipeline/ or fixclip/ (outside any sub-package) is a node of its own.
+each module directly in core/, pipeline/ or fixclip/ (outside any sub-package) is a node of its own.
 """
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.conftest import REPO
 from tests.stage_imports import CODE_ROOTS, _imported_names, _module_file
 
-PACKAGE_ROOTS = ("pipeline", "fixclip")
+PACKAGE_ROOTS = ("core", "pipeline", "fixclip")
 
 
 def module_imports() -> dict[str, set[str]]:
@@ -53,7 +53,8 @@ def test_package_of():
     assert package_of("pipeline/shard/writer.py") == "pipeline.shard"
     assert package_of("pipeline/shard/__init__.py") == "pipeline.shard"
     assert package_of("fixclip/eval/benchmarks/coco.py") == "fixclip.eval.benchmarks"
-    assert package_of("pipeline/outputs.py") == "pipeline.outputs"
+    assert package_of("pipeline/report.py") == "pipeline.report"
+    assert package_of("core/outputs.py") == "core.outputs"
     assert package_of("fixclip/__init__.py") == "fixclip"
 
 

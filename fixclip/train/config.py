@@ -12,7 +12,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import MethodSection, StrictConfig
+from core.config import StrictConfig
+
+from ..config import MethodSection
 from ..methods import METHODS
 # Fields that change how progress is shown or saved, never the trained weights (the world size is fingerprinted
 # directly, so `distributed` is left out too).

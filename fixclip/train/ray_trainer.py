@@ -19,7 +19,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..cli import UserError
+from core.cli import UserError
 from .config import RunDirs, TrainConfig
 from .data import shard_list
 from .loop import train

@@ -31,9 +31,9 @@ from ray.exceptions import RayActorError
 from pipeline.caption.client import CaptionResult, CaptionServiceError, caption_stream
 from pipeline.caption.fleet import STOP_GRACE_S, VllmFleet
 from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
-from pipeline.outputs import write_bytes
+from core.outputs import write_bytes
 from pipeline.params.caption import CaptionParams, RayOptions
-from pipeline.ray_session import RayClusterError, ray_session, this_node
+from core.ray_session import RayClusterError, ray_session, this_node
 
 
 def check_resources(options: RayOptions) -> None:

@@ -29,9 +29,9 @@ from pipeline.caption.fleet import VllmFleet
 from pipeline.caption.quality import caption_quality
 from pipeline.caption.shard_io import (RUNS_FILE, RunRecord, expected_rows, finished_rows, image_keys, read_images,
                                        write_shard)
-from pipeline.outputs import write_json
+from core.outputs import write_json
 from pipeline.params.caption import CaptionParams
-from pipeline.ray_session import require_ray
+from core.ray_session import require_ray
 
 FINGERPRINT_FILE = "_fingerprint.json"
 FULL_HASH_MAX_BYTES = 64 << 20

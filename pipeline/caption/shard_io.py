@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.caption.client import CaptionResult, ImageItem
-from pipeline.outputs import write_bytes, write_json
+from core.outputs import write_bytes, write_json
 
 RUNS_FILE = "_runs.json"
 SCHEMA = pa.schema([

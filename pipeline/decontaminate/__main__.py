@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from fixclip.cli import ArgumentParser, UserError, existing_folder, user_errors
+from core.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.decontaminate.downloaded import Decontamination
 from pipeline.decontaminate.index import FingerprintError, read
 from pipeline.params import PARAMS_FILE, Params, load_params

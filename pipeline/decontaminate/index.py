@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.decontaminate import fingerprint
-from pipeline.outputs import write_parquet
+from core.outputs import write_parquet
 
 ITEMS, PICTURES, COLOUR, GREY = "items.parquet", "pictures.npy", "colour.npy", "grey.npy"
 NEIGHBOURS = 64  # nearest descriptors a lookup returns

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.outputs import atomic_path, write_bytes
+from core.outputs import atomic_path, write_bytes
 from pipeline.tar_format import scan, write_tar
 
 MARK = "canonical"

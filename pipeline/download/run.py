@@ -15,7 +15,7 @@
   failure is put in a named class, and the sums must equal the URL count or the stage fails.
 - `distributor: ray`: img2dataset submits one Ray task per shard to whatever Ray this process is connected to (it
   does not connect itself, and without `ray` installed it silently does nothing). So the stage connects to
-  `RAY_ADDRESS` if set (failing fast when it does not answer, pipeline/ray_session.py), else starts a local Ray
+  `RAY_ADDRESS` if set (failing fast when it does not answer, core/ray_session.py), else starts a local Ray
   instance of `processes_count` CPUs, and disconnects (or stops it) afterwards. img2dataset does not retry a failed
   Ray shard; the accounting then fails the stage.
 """
@@ -36,10 +36,10 @@ import pandas as pd
 
 from pipeline.download.canonical import settle_all
 from pipeline.download.guard import REFUSED, Policy
-from pipeline.outputs import write_bytes
+from core.outputs import write_bytes
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
-from pipeline.ray_session import ray_session, require_ray
+from core.ray_session import ray_session, require_ray
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError, model_validator
 
-from fixclip.cli import UserError, user_errors
+from core.cli import UserError, user_errors
 
 from pipeline.params.caption import CaptionParams
 from pipeline.params.download import DownloadParams

@@ -1,9 +1,9 @@
 """Base class for every params section: unknown keys are errors and values keep their YAML type (strict).
 
-The policy is the one of the `train:` section, which the training library defines (`fixclip.config.StrictConfig`),
+The policy is the one of the `train:` section, which the torch-free core defines (`core.config.StrictConfig`),
 so every section of params.yaml validates alike.
 """
-from fixclip.config import StrictConfig
+from core.config import StrictConfig
 
 
 class Section(StrictConfig):

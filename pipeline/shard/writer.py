@@ -36,12 +36,12 @@ from pipeline import tar_format
 from pipeline.shard import file_limit, text_records
 from pipeline.shard.image_check import CHECKS
 from pipeline.shard.json_objects import ABSENT, json_objects
-from pipeline.outputs import atomic_path, write_parquet
+from core.outputs import atomic_path, write_parquet
 from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_tar, values
 from pipeline.shard.inputs import captions_per_image, read_captions
 from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
-from pipeline.ray_session import ray_session, require_ray, this_node
+from core.ray_session import ray_session, require_ray, this_node
 
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image", "benchmark_duplicate")
 

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.outputs import atomic_path
+from core.outputs import atomic_path
 from pipeline.params import ParamsError
 from pipeline.params.source import UrlListParams
 

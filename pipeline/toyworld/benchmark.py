@@ -29,7 +29,7 @@ import numpy as np
 import open_clip
 from tqdm import tqdm
 
-from pipeline.outputs import write_bytes, write_json
+from core.outputs import write_bytes, write_json
 from pipeline.params.download import DownloadParams
 from pipeline.params.evaluate import ToyBenchmarkParams
 from pipeline.params.source import ToyWorldParams

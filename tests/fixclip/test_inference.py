@@ -9,7 +9,7 @@ import torch
 
 import fixclip
 from fixclip.__main__ import main
-from fixclip.cli import user_errors
+from core.cli import user_errors
 from fixclip.model_folder import save_model_folder
 from tests.conftest import REPO, assert_user_error
 from tests.fixclip.export.conftest import trained_like_model

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from ...config import StrictConfig
+from core.config import StrictConfig
 
 NAME = Field(pattern=r"^[A-Za-z0-9_.-]+$")
 

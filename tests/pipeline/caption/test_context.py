@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fixclip.cli import user_errors
+from core.cli import user_errors
 from pipeline.caption.client import ImageItem, caption_stream
 from pipeline.caption.context import ContextLengthError, check_context, count_request_tokens
 from pipeline.params.caption import ServerOptions

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from core.cli import UserError
 from pipeline.download import run as download_run
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError, exit_on_params_error
@@ -189,14 +190,14 @@ def test_pyspark_local_mode(tmp_path, http_server):
 def test_ray_missing_is_named_before_any_work(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
-    with pytest.raises(ParamsError, match=r"download.distributor: ray is not installed"):
+    with pytest.raises(UserError, match=r"download.distributor: ray is not installed"):
         download_run.img2dataset_options(DownloadParams(distributor="ray"))
 
 
 def test_ray_address_that_does_not_answer_fails_fast(tmp_path, http_server, monkeypatch):
     """RAY_ADDRESS pointing at a closed port is named at once, before img2dataset starts (Ray would retry)."""
     from pipeline.caption.fleet import free_port
-    from pipeline.ray_session import RayClusterError
+    from core.ray_session import RayClusterError
 
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port('127.0.0.1')}")
     with pytest.raises(RayClusterError, match=r"RAY_ADDRESS: no Ray cluster reachable"):

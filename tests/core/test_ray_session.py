@@ -1,12 +1,12 @@
 """Without Ray installed, every stage's `distributor: ray` fails before any work, naming its key (one check,
-`pipeline.ray_session.require_ray`)."""
+`core.ray_session.require_ray`)."""
 import importlib.util
 
 import pytest
 
-from pipeline.params import ParamsError
+from core.cli import UserError
 from pipeline.params.shard import ShardParams
-from pipeline.ray_session import require_ray
+from core.ray_session import require_ray
 from pipeline.shard import writer
 
 
@@ -32,7 +32,7 @@ def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
         "train": lambda: train_on_ray(TrainParams(distributor="ray")),
     }
     for stage, start in stages.items():
-        with pytest.raises(ParamsError, match=rf"^{stage}.distributor: ray is not installed \(pip install -e "
+        with pytest.raises(UserError, match=rf"^{stage}.distributor: ray is not installed \(pip install -e "
                                               r"'\.\[ray\]'\)$"):
             start()
     assert not list(tmp_path.iterdir())

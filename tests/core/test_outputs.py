@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from pipeline.outputs import atomic_path, write_json
+from core.outputs import atomic_path, write_json
 
 
 def test_written_file_follows_umask(tmp_path):

@@ -12,7 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from pipeline.params import ParamsError
+from .cli import UserError
 
 PROBE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 45.0
@@ -25,7 +25,7 @@ class RayClusterError(RuntimeError):
 def require_ray(key: str) -> None:
     """Before any work: fail naming `key` (a stage's `distributor`) when Ray is not installed."""
     if importlib.util.find_spec("ray") is None:
-        raise ParamsError(f"{key}: ray is not installed (pip install -e '.[ray]')")
+        raise UserError(f"{key}: ray is not installed (pip install -e '.[ray]')")
 
 
 def probe(address: str, key: str) -> None:
