@@ -1,5 +1,6 @@
 """What every command a user types shares: a user error (a missing file, an unreadable image, a bad argument or
-params) ends in one line on stderr and exit status 2, like a usage error; a bug keeps its traceback.
+params) ends in one line on stderr and exit status 2, like a usage error; a stage that cannot finish for a reason
+outside its input (a StageFailure) ends in one line and exit status 1; a bug keeps its traceback.
 
 Commands: ``python -m fixclip``, ``python -m pipeline.profile``, ``python -m pipeline.report``, ``python -m bench``
 and the stages (``pipeline.params.exit_on_params_error``).
@@ -15,6 +16,11 @@ USAGE_ERROR = 2  # the exit status of a usage error, as argparse and POSIX utili
 
 class UserError(Exception):
     """Something the user gave is wrong; the message names it (the key, the file) and says what is wrong."""
+
+
+class StageFailure(RuntimeError):
+    """A stage cannot finish for a reason outside its input (e.g. a worker process died): one line, exit 1, and the
+    rerun resumes. The message says what happened."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from pipeline.params import StageFailure
+from core.cli import StageFailure
 
 STOP_GRACE_S = 10.0
 

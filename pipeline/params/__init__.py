@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError, model_validator
 
-from core.cli import UserError, user_errors
+from core.cli import StageFailure, UserError, user_errors
 
 from pipeline.params.caption import CaptionParams
 from pipeline.params.download import DownloadParams
@@ -73,11 +73,6 @@ class Params(Section):
                 raise ValueError(f"evaluate.toy.{key}: equals source.toyworld.seed ({self.source.toyworld.seed}): "
                                  "not held out")
         return self
-
-
-class StageFailure(RuntimeError):
-    """A stage cannot finish for a reason outside its input (e.g. a worker process died): one line, exit 1, and the
-    rerun resumes. The message says what happened."""
 
 
 class ParamsError(UserError, ValueError):
