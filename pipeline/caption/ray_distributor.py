@@ -1,7 +1,8 @@
 """`caption.distributor: ray`: caption workers on a Ray cluster, each owning its own vLLM servers.
 
 The driver (the stage process) joins the cluster at `caption.ray.address` (null: `RAY_ADDRESS`, else it starts a
-local Ray instance and stops it afterwards), checks that the cluster can host a worker, and starts `workers` actors.
+local Ray instance and stops it afterwards), checks that the cluster can host a worker, and starts `workers` actors
+(core/jobs.py's ActorPool, which places, replaces and stops them).
 Each actor (the main environment, 1 CPU and `gpus_per_worker` GPUs, Ray setting its `CUDA_VISIBLE_DEVICES`) starts
 `num_servers` vLLM servers on its node with the existing fleet code (interpreter `caption.python`), then captions one
 whole input shard at a time with the existing async client, reading the raw tar from shared storage. The driver
@@ -21,32 +22,15 @@ Why actors owning vLLM servers, not Ray Data's vLLM engine processor: docs/pipel
 import asyncio
 import os
 import sys
-from collections import Counter, deque
-from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-from ray.exceptions import RayActorError
-
+from core.jobs import ActorSettings, accelerator_ids, actor_pool, node_address
+from core.outputs import write_bytes
+from core.ray_session import RayClusterError, this_node
 from pipeline.caption.client import CaptionResult, CaptionServiceError, caption_stream
 from pipeline.caption.fleet import STOP_GRACE_S, VllmFleet
 from pipeline.caption.shard_io import RunRecord, expected_rows, finished_rows, read_images, shard_parquet
-from core.outputs import write_bytes
-from pipeline.params.caption import CaptionParams, RayOptions
-from core.ray_session import RayClusterError, ray_session, this_node
-
-
-def check_resources(options: RayOptions) -> None:
-    """A worker asking for GPUs must fit on some node, or it would wait forever."""
-    if not options.gpus_per_worker:
-        return
-    gpus = [node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]]
-    if max(gpus, default=0) < options.gpus_per_worker:
-        raise RayClusterError(
-            f"caption.ray.gpus_per_worker: {options.gpus_per_worker} GPUs per worker, but no node of the Ray "
-            f"cluster has that many (GPUs per node: {gpus}, cluster: {ray.cluster_resources()}); "
-            f"use 0 on a CPU-only cluster"
-        )
+from pipeline.params.caption import CaptionParams
 
 
 class CaptionWorker:
@@ -56,10 +40,10 @@ class CaptionWorker:
         try:
             os.chdir(folder)  # relative paths in params (model, python, data) mean what they mean to the driver
         except OSError as err:
-            raise RayClusterError(f"caption worker on {ray.util.get_node_ip_address()}: {err}; every node must see "
-                                  f"the repository and data at the driver's path") from None
+            raise RayClusterError(f"caption worker on {node_address()}: {err}; every node must see the repository "
+                                  f"and data at the driver's path") from None
         if params.ray.gpus_per_worker:  # the GPUs Ray gave this actor, split among its servers by the fleet
-            params = params.model_copy(update={"gpus": ray.get_runtime_context().get_accelerator_ids()["GPU"]})
+            params = params.model_copy(update={"gpus": accelerator_ids()})
         self.params, self.fleet = params, VllmFleet(params, Path(log_dir))
         self.endpoints: list = []  # server URLs or EngineProcess workers
 
@@ -70,9 +54,9 @@ class CaptionWorker:
     def start(self) -> str:
         """Start this worker's servers and wait until they are healthy; returns the node's address."""
         self.endpoints = self.fleet.__enter__()
-        return ray.util.get_node_ip_address()
+        return node_address()
 
-    def caption_shard(self, shard: str, tar_path: str, keys: list[str], attempt_path: str) -> dict:
+    def run(self, shard: str, tar_path: str, keys: list[str], attempt_path: str) -> dict:
         """Caption every image of one shard, write all its rows to `attempt_path`; returns its counters."""
         rows: list[CaptionResult] = []
 
@@ -85,158 +69,43 @@ class CaptionWorker:
         return {"images": len(keys)} | stats
 
     def stop(self) -> None:
-        """Stop this worker's servers, also while `start` is still waiting for them (the actor runs two calls at
-        once): killing the actor alone would leave a server that is still starting up without its engine's
-        clean-up (its EngineCore outlives it)."""
+        """Stop this worker's servers, also while `start` is still waiting for them: killing the actor alone would
+        leave a server that is still starting up without its engine's clean-up (its EngineCore outlives it)."""
         self.fleet.stop()
 
 
-RemoteCaptionWorker = ray.remote(CaptionWorker)
-
-
-@dataclass
-class Worker:
-    name: str
-    actor: object
-    placed: object  # ObjectRef of the id of the Ray node it runs on
-    shard: str | None = None  # the shard in flight
-    attempt: Path | None = None  # where it writes that shard
-
-
-class Dispatch:
-    """The driver's bookkeeping: every shard is queued, in flight on one worker, or committed."""
+class Commits:
+    """The driver's side of each shard: the attempt file a worker is to write, and the one rename that commits it."""
 
     def __init__(self, params: CaptionParams, todo: dict[str, Path], keys: dict[str, list[str]], out_dir: Path,
-                 log_dir: Path, record: RunRecord):
+                 record: RunRecord):
         self.params, self.todo, self.keys, self.record = params, todo, keys, record
-        self.out_dir, self.log_dir = out_dir.absolute(), log_dir.absolute()
-        self.queue = deque(todo)
-        self.calls: dict = {}  # ObjectRef -> Worker: a start-up or a shard in flight
-        self.idle: list[Worker] = []
-        self.committed: set[str] = set()
-        self.attempts: list[Path] = []
-        self.tokens = self.transient_retries = self.started = self.failed = self.redone = 0
-        self.spawned: list[Worker] = []
-        self.shards_per_node: Counter = Counter()  # shards committed
+        self.out_dir = out_dir.absolute()
+        self.attempts: dict[str, Path] = {}  # shard -> its attempt in flight
+        self.written: list[Path] = []  # every attempt file handed out
+        self.tokens = self.transient_retries = self.committed = 0
 
-    def run(self) -> dict:
-        options = self.params.ray
-        for _ in range(min(options.workers, len(self.todo))):
-            self.spawn()
-        try:
-            while len(self.committed) < len(self.todo):
-                serving = self.idle or any(worker.shard for worker in self.calls.values())
-                ready, _ = ray.wait(list(self.calls), num_returns=1,
-                                    timeout=None if serving else options.startup_timeout_s)
-                if not ready:
-                    raise RayClusterError(
-                        f"caption.ray.startup_timeout_s: no caption worker was placed and serving within "
-                        f"{options.startup_timeout_s:g} s (each asks 1 CPU and {options.gpus_per_worker} GPUs; "
-                        f"cluster: {ray.cluster_resources()}; server logs under {self.log_dir})"
-                    )
-                self.settle(ready[0], self.calls.pop(ready[0]))
-        finally:
-            self.stop_all()
-            for attempt in self.attempts:
-                attempt.unlink(missing_ok=True)
-        return {"tokens": self.tokens, "transient_retries": self.transient_retries,
-                "ray": {"workers": options.workers, "workers_started": self.started, "worker_failures": self.failed,
-                        "shards_redone": self.redone, "workers_per_node": self.placements(),
-                        "shards_per_node": dict(sorted(self.shards_per_node.items()))}}
+    def job_args(self, shard: str) -> tuple:
+        """A fresh attempt file for `shard` (a lost worker that still runs can only write its own)."""
+        self.attempts[shard] = self.out_dir / f".{shard}.parquet.{len(self.written)}.tmp"
+        self.written.append(self.attempts[shard])
+        return shard, str(self.todo[shard].absolute()), self.keys[shard], str(self.attempts[shard])
 
-    def spawn(self) -> None:
-        name = f"worker-{self.started}"
-        self.started += 1
-        actor = RemoteCaptionWorker.options(
-            num_cpus=1, num_gpus=self.params.ray.gpus_per_worker, max_restarts=0, max_concurrency=2,  # stop || start
-            runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # the driver prints one line per shard instead
-        ).remote(self.params, os.getcwd(), str(self.log_dir / name))
-        worker = Worker(name, actor, placed=actor.node.remote())
-        self.spawned.append(worker)
-        self.calls[actor.start.remote()] = worker
-
-    def settle(self, ref, worker: Worker) -> None:
-        try:
-            result = ray.get(ref)
-        except RayActorError as err:
-            if err.actor_init_failed:  # the same on every node: do not retry
-                raise RayClusterError(f"caption {worker.name} could not be created: {err}") from None
-            self.lose(worker, err)
-            return
-        except CaptionServiceError as err:  # its servers stopped answering mid-shard
-            self.lose(worker, err)
-            return
-        if worker.shard:
-            self.commit(worker, result)
-        else:
-            node = ray.get(worker.placed)
-            print(f"caption: {worker.name} serving on {result} (node {node[:12]})", file=sys.stderr)
-        self.assign(worker)
-
-    def assign(self, worker: Worker) -> None:
-        worker.shard = worker.attempt = None
-        if not self.queue:
-            self.idle.append(worker)
-            return
-        worker.shard = self.queue.popleft()
-        worker.attempt = self.out_dir / f".{worker.shard}.parquet.{len(self.attempts)}.tmp"
-        self.attempts.append(worker.attempt)
-        ref = worker.actor.caption_shard.remote(worker.shard, str(self.todo[worker.shard].absolute()),
-                                                self.keys[worker.shard], str(worker.attempt))
-        self.calls[ref] = worker
-
-    def commit(self, worker: Worker, result: dict) -> None:
+    def commit(self, shard: str, result: dict, worker: str, node: str) -> None:
         """Rename the worker's complete attempt onto the shard's parquet: the one write the shard gets."""
-        shard, attempt = worker.shard, worker.attempt
+        attempt = self.attempts.pop(shard)
         if not attempt.exists():
-            raise RayClusterError(f"{worker.name} wrote {attempt}, which this driver cannot see: the captions folder "
+            raise RayClusterError(f"{worker} wrote {attempt}, which this driver cannot see: the captions folder "
                                   f"must be on storage shared by every node")
         if finished_rows(attempt) != expected_rows(self.keys[shard], self.params.captions_per_image):
-            raise RuntimeError(f"{worker.name} wrote {attempt} without exactly the rows of shard {shard}")
+            raise RuntimeError(f"{worker} wrote {attempt} without exactly the rows of shard {shard}")
         os.replace(attempt, self.out_dir / f"{shard}.parquet")
-        self.committed.add(shard)
-        self.shards_per_node[ray.get(worker.placed)] += 1
         self.record.add(result["images"], result["tokens"])
         self.tokens += result["tokens"]
         self.transient_retries += result["transient_retries"]
-        print(f"caption: shard {shard} by {worker.name} ({len(self.committed)}/{len(self.todo)})", file=sys.stderr)
-
-    def lose(self, worker: Worker, error: Exception) -> None:
-        """A worker died or lost its servers: kill it, queue its shard first, start a replacement."""
-        ray.kill(worker.actor, no_restart=True)
-        self.failed += 1
-        if worker.shard:
-            self.queue.appendleft(worker.shard)
-            self.redone += 1
-        summary = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-        if self.failed > self.params.ray.max_worker_failures:
-            raise RayClusterError(f"caption.ray.max_worker_failures: {self.failed} caption workers lost, more "
-                                  f"than {self.params.ray.max_worker_failures}; last: {summary}")
-        print(f"caption: {worker.name} lost ({summary}); shard {worker.shard or '-'} queued again", file=sys.stderr)
-        while self.queue and self.idle:
-            self.assign(self.idle.pop())
-        if self.queue:
-            self.spawn()
-
-    def placements(self) -> dict[str, int]:
-        """Workers started per Ray node (placed by their 1 CPU and GPUs; one lost before it said where is left out)."""
-        nodes = Counter()
-        for worker in self.spawned:
-            try:
-                nodes[ray.get(worker.placed, timeout=10)] += 1
-            except (RayActorError, ray.exceptions.GetTimeoutError):
-                continue
-        return dict(sorted(nodes.items()))
-
-    def stop_all(self) -> None:
-        """Stop every worker's servers gracefully (idle, starting or mid-shard); then kill every actor."""
-        stopping = [worker.actor.stop.remote() for worker in self.idle + list(self.calls.values())]
-        if stopping:
-            ray.wait(stopping, num_returns=len(stopping), timeout=STOP_GRACE_S + 5)
-        for worker in self.idle + list(self.calls.values()):
-            ray.kill(worker.actor, no_restart=True)
-        self.idle.clear()
-        self.calls.clear()
+        self.committed += 1
+        print(f"caption: shard {shard} by {worker} on node {node[:12]} ({self.committed}/{len(self.todo)})",
+              file=sys.stderr)
 
 
 def caption_on_ray(
@@ -244,6 +113,20 @@ def caption_on_ray(
     record: RunRecord,
 ) -> dict:
     """Caption the shards in `todo` on Ray workers; returns the counters run.py expects, plus `ray`."""
-    with ray_session(params.ray.address, "caption.ray.address"):
-        check_resources(params.ray)
-        return Dispatch(params, todo, keys, Path(out_dir), Path(log_dir), record).run()
+    options, log_dir = params.ray, Path(log_dir).absolute()
+    settings = ActorSettings("caption.ray", options.workers, options.gpus_per_worker, options.startup_timeout_s,
+                             options.max_worker_failures, stop_timeout_s=STOP_GRACE_S + 5)
+    commits = Commits(params, todo, keys, Path(out_dir), record)
+    try:
+        with actor_pool(options.address, "caption.ray.address", CaptionWorker,
+                        lambda name: (params, os.getcwd(), str(log_dir / name)), settings,
+                        lost=(CaptionServiceError,), label="caption", hint=f"server logs under {log_dir}") as pool:
+            ray_counts = pool.run(list(todo), commits.job_args, commits.commit)
+    finally:
+        for attempt in commits.written:
+            attempt.unlink(missing_ok=True)
+    return {"tokens": commits.tokens, "transient_retries": commits.transient_retries,
+            "ray": {"workers": ray_counts["workers"], "workers_started": ray_counts["workers_started"],
+                    "worker_failures": ray_counts["worker_failures"], "shards_redone": ray_counts["jobs_redone"],
+                    "workers_per_node": ray_counts["workers_per_node"],
+                    "shards_per_node": ray_counts["jobs_per_node"]}}

@@ -13,11 +13,11 @@
   timings, not data: `.dvcignore` keeps it out of the folder's hash.
 - Accounting comes from img2dataset's per-shard parquet (one row per URL, with status and error message); every
   failure is put in a named class, and the sums must equal the URL count or the stage fails.
-- `distributor: ray`: img2dataset submits one Ray task per shard to whatever Ray this process is connected to (it
-  does not connect itself, and without `ray` installed it silently does nothing). So the stage connects to
-  `RAY_ADDRESS` if set (failing fast when it does not answer, core/ray_session.py), else starts a local Ray
-  instance of `processes_count` CPUs, and disconnects (or stops it) afterwards. img2dataset does not retry a failed
-  Ray shard; the accounting then fails the stage.
+- `distributor`: with `multiprocessing` and `ray`, img2dataset's downloader runs one job per shard on the stage's
+  job runner (core/jobs.py, through pipeline/download/distributor.py): `processes_count` local processes, where a
+  dead worker ends the stage with one line, or Ray tasks on `RAY_ADDRESS` (failing fast when it does not answer) or
+  on a local Ray instance of `processes_count` CPUs, stopped afterwards; Ray reruns a task whose worker died, and the
+  metrics count the shards each node downloaded. `pyspark` is img2dataset's own distributor.
 """
 import contextlib
 import hashlib
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.jobs import job_runner
 from pipeline.download.canonical import settle_all
 from pipeline.download.guard import REFUSED, Policy
 from core.outputs import write_bytes
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError
-from core.ray_session import ray_session, require_ray
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset's albumentations phones home at import
 
@@ -89,8 +89,6 @@ def img2dataset_options(params: DownloadParams) -> dict:
             raise ParamsError(f"download.extra.{key}: not an img2dataset option")
         if key in reserved or key in options:
             raise ParamsError(f"download.extra.{key}: set by the pipeline or by its own key in `download`")
-    if params.distributor == "ray":
-        require_ray("download.distributor")
     return {**options, **params.extra}
 
 
@@ -168,22 +166,23 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
 
     options = img2dataset_options(params)
     policy = Policy.from_params(root, params.allow_networks, params.allow_file_roots)
-    distributed = (ray_session(None, None, num_cpus=params.processes_count)
-                   if params.distributor == "ray" else contextlib.nullcontext())
-    urls = pd.read_parquet(urls_path)
-    prepare_output(out_dir, fingerprint(urls_path, options, {"networks": params.allow_networks,
-                                                             "file_roots": params.allow_file_roots}))
-    extra_columns = [c for c in urls.columns if c not in ("url", "alt_text")]
-    if params.distributor == "pyspark":
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    with tempfile.TemporaryDirectory(prefix="fixclip-download-") as tmp:
-        url_file = Path(tmp) / "urls.parquet"
-        urls.to_parquet(url_file, index=False)
-        settle_all(out_dir)  # a shard whose settling was killed
-        before = finished_shards(out_dir)
-        start = time.perf_counter()
-        with distributed, guarded_downloads(policy):  # timed, like the Spark session img2dataset starts itself
+    runner = contextlib.nullcontext() if params.distributor == "pyspark" else job_runner(
+        "download.distributor", params.distributor, params.processes_count, isolate=True, max_tasks_per_child=5,
+        rerun="rerun to resume from the finished shards")
+    start = time.perf_counter()  # the Ray start-up timed too, like the Spark session img2dataset starts itself
+    with runner as jobs:  # first: without Ray, or with a Ray address that does not answer, nothing is touched
+        urls = pd.read_parquet(urls_path)
+        prepare_output(out_dir, fingerprint(urls_path, options, {"networks": params.allow_networks,
+                                                                 "file_roots": params.allow_file_roots}))
+        extra_columns = [c for c in urls.columns if c not in ("url", "alt_text")]
+        if params.distributor == "pyspark":
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        with tempfile.TemporaryDirectory(prefix="fixclip-download-") as tmp, guarded_downloads(policy, jobs):
+            url_file = Path(tmp) / "urls.parquet"
+            urls.to_parquet(url_file, index=False)
+            settle_all(out_dir)  # a shard whose settling was killed
+            before = finished_shards(out_dir)
             img2dataset.download(
                 url_list=str(url_file),
                 input_format="parquet",
@@ -196,5 +195,8 @@ def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Pat
                 enable_wandb=False,
                 **options,
             )
-        seconds = time.perf_counter() - start
-    return summarise(out_dir, len(urls), seconds, record_run(out_dir, before, seconds))
+    seconds = time.perf_counter() - start
+    summary = summarise(out_dir, len(urls), seconds, record_run(out_dir, before, seconds))
+    if params.distributor == "ray":
+        summary["ray"] = {"tasks_per_node": dict(sorted(jobs.tasks_per_node.items()))}
+    return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from img2dataset.downloader import Downloader
 
+from core.jobs import Jobs
 from pipeline.download.canonical import settle
 from pipeline.download.guard import Policy, opener
 
@@ -33,16 +34,17 @@ class GuardedDownloader(Downloader):
 
 
 @contextlib.contextmanager
-def guarded_downloads(policy: Policy):
-    """Inside the block, `img2dataset.download` downloads through GuardedDownloader, and its multiprocessing
-    distributor is the one that notices a dead worker (pipeline/download/pool.py)."""
-    from pipeline.download import pool  # here: the workers, which import this module, do not need it
+def guarded_downloads(policy: Policy, jobs: Jobs | None):
+    """Inside the block, `img2dataset.download` downloads through GuardedDownloader, and its `multiprocessing` and
+    `ray` distributors run the shards on `jobs` (pipeline/download/distributor.py; None: Spark, img2dataset's own)."""
+    from pipeline.download.distributor import on_jobs  # here: the workers, which import this module, do not need it
 
     main = importlib.import_module("img2dataset.main")  # the module: the package's `main` is its CLI function
-    originals = main.Downloader, main.multiprocessing_distributor
+    originals = main.Downloader, main.multiprocessing_distributor, main.ray_distributor
     main.Downloader = functools.partial(GuardedDownloader, policy)
-    main.multiprocessing_distributor = pool.multiprocessing_distributor
+    if jobs is not None:
+        main.multiprocessing_distributor = main.ray_distributor = on_jobs(jobs)
     try:
         yield
     finally:
-        main.Downloader, main.multiprocessing_distributor = originals
+        main.Downloader, main.multiprocessing_distributor, main.ray_distributor = originals

@@ -10,8 +10,8 @@ Three steps: `workers` processes plan one raw shard each (its records, its capti
 image check of every image with an ok caption, on a memory map of the tar: see inputs.py), a column at a time;
 this process joins their index rows, orders them and fixes every shard's samples; then the workers write the shards,
 copying image bytes from the raw tars by offset. Image bytes are never all in memory, nor are the raw records and
-captions, and the bytes written do not depend on `workers` or on `distributor` (local processes or Ray tasks, shared
-by both steps).
+captions, and the bytes written do not depend on `workers` or on `distributor` (core/jobs.py's job runner: local
+processes or Ray tasks, shared by both steps).
 
 An image may have K captions (the caption stage's `captions_per_image`, read here from the caption rows). It is
 kept if any is `ok`; `long.txt` is the first ok one. When K > 1 a sample also holds `long_0.txt` .. `long_{K-1}.txt`:
@@ -22,26 +22,24 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from core.jobs import Jobs, job_runner
+from core.outputs import atomic_path, write_parquet
 from pipeline.decontaminate.downloaded import Decontamination
 from pipeline import tar_format
 from pipeline.shard import file_limit, text_records
 from pipeline.shard.image_check import CHECKS
 from pipeline.shard.json_objects import ABSENT, json_objects
-from core.outputs import atomic_path, write_parquet
 from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_tar, values
 from pipeline.shard.inputs import captions_per_image, read_captions
 from pipeline.shard.short_text import first_sentence
 from pipeline.params.shard import ShardParams
-from core.ray_session import ray_session, require_ray, this_node
 
 DROP_REASONS = ("no_caption", "filtered_caption", "undecodable_image", "benchmark_duplicate")
 
@@ -158,57 +156,6 @@ def sample_jsons(records: pd.DataFrame, keys: list[str], rows: np.ndarray, found
     return json_objects(columns, encoded=("original_size",))
 
 
-JobRunner = Callable[[Callable, list[tuple], str], list]
-
-
-@contextmanager
-def job_runner(params: ShardParams) -> Iterator[JobRunner]:
-    """`run(function, jobs, desc)` -> `function(*job)` for every job, in job order: in this process (1 worker),
-    `workers` local processes, or Ray tasks (`distributor: ray`, a RayJobs). Both steps of the stage share its
-    processes."""
-    if params.distributor == "ray":
-        require_ray("shard.distributor")
-        with ray_session(None, None, num_cpus=params.workers):
-            yield RayJobs()
-    elif params.workers == 1:
-        yield lambda function, jobs, desc: [function(*job) for job in tqdm(jobs, **progress(jobs, desc))]
-    else:
-        with ProcessPoolExecutor(params.workers) as pool:  # with fork, all `workers` start at the first job
-            yield lambda function, jobs, desc: list(tqdm(pool.map(function, *zip(*jobs)), **progress(jobs, desc)))
-
-
-def progress(jobs: list, desc: str) -> dict:
-    return dict(total=len(jobs), desc=desc, unit="tar")
-
-
-def on_node(folder: str, function: Callable, *args) -> tuple[str, object]:
-    """(the Ray node that ran it, `function(*args)` run in the driver's working folder `folder`)."""
-    os.chdir(folder)  # relative paths mean what they mean to the driver (every node sees the repository there)
-    return this_node(), function(*args)
-
-
-class RayJobs:
-    """The jobs as Ray tasks (1 CPU each), results in job order; Ray retries a task whose worker died. Counts the
-    tasks each node ran (`tasks_per_node`, for the stage's metrics)."""
-
-    def __init__(self):
-        self.tasks_per_node: Counter = Counter()
-
-    def __call__(self, function: Callable, jobs: list[tuple], desc: str) -> list:
-        import ray
-
-        remote = ray.remote(num_cpus=1)(on_node)
-        pending = [remote.remote(os.getcwd(), function, *job) for job in jobs]
-        with tqdm(**progress(jobs, desc)) as bar:
-            waiting = list(pending)
-            while waiting:
-                done, waiting = ray.wait(waiting, num_returns=1)
-                bar.update(len(done))
-        placed = ray.get(pending)
-        self.tasks_per_node.update(node for node, _ in placed)
-        return [result for _, result in placed]
-
-
 INDEX_COLUMNS = ("key", "uid", "raw_shard", "substituted", "order", "fate", "offset", "size", "text_offset",
                  "text_size", "benchmark", "benchmark_item", "benchmark_distance")
 MATCH_COLUMNS = ("benchmark", "benchmark_item", "benchmark_distance")  # of a benchmark_duplicate, else null
@@ -306,7 +253,7 @@ def kept_samples(params: ShardParams, records: pd.DataFrame, keys: list[str], ui
     return split, substituted, texts
 
 
-def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams, run_jobs: JobRunner,
+def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams, run_jobs: Jobs,
          decontamination: Decontamination | None = None) -> tuple[pd.DataFrame, dict]:
     """Decide every raw image's fate, `workers` raw shards at a time, their texts going to `texts_dir`; returns the
     index (one row per image, in shard order) and what the captions hold (`captioned` images,
@@ -324,7 +271,7 @@ def plan(raw_dir: Path, captions_dir: Path, texts_dir: Path, params: ShardParams
                               f"limit") from exc
     per_image = captions_per_image(caption_files)
     jobs = [(raw_dir, stem, captions_dir, texts_dir, params, per_image, decontamination) for stem in stems]
-    parts = run_jobs(plan_raw_shard, jobs, "shard: read raw")
+    parts = run_jobs.map(plan_raw_shard, jobs, "shard: read raw", unit="tar")
     planned = [part for part, _ in parts if len(part)]
     index = pd.concat(planned, ignore_index=True) if planned else pd.DataFrame(columns=INDEX_COLUMNS)
     shared_keys = index.loc[index["key"].duplicated(), "key"]
@@ -404,7 +351,7 @@ def read_at(fd: int, offset: int, size: int) -> bytes:
 
 
 def write(index: pd.DataFrame, raw_dir: Path, texts_dir: Path, out_dir: Path, params: ShardParams, per_image: int,
-          run_jobs: JobRunner) -> dict:
+          run_jobs: Jobs) -> dict:
     """Write train/ and val/ shards and the index; returns shard counts per split. Every shard's samples are fixed
     by the index before any is written, so the bytes do not depend on `workers`."""
     texts_per_sample = 3 + (per_image if per_image > 1 else 0)  # long, long_0 .. long_{K-1} when K > 1, short, json
@@ -421,7 +368,7 @@ def write(index: pd.DataFrame, raw_dir: Path, texts_dir: Path, out_dir: Path, pa
                   texts_per_sample) for name, start in zip(names, range(0, len(chosen), size))]
         shard[chosen] = np.array([f"{split}/{name}" for name in names], object)[np.arange(len(chosen)) // size]
         shard_counts[split] = len(names)
-    run_jobs(write_shard, jobs, "shard: write")
+    run_jobs.map(write_shard, jobs, "shard: write", unit="tar")
     listing = index[["uid", "key", "raw_shard", "fate"]].assign(shard=pd.array(shard, dtype="string"))
     for name in MATCH_COLUMNS:
         listing[name] = pd.array(index[name], dtype="Float64" if name == "benchmark_distance" else "string")
@@ -456,14 +403,14 @@ def run(params: ShardParams, raw_dir: Path, captions_dir: Path, out_dir: Path,
     """The stage: plan, write, count. `decontamination` (None: off) checks every image still kept against the
     benchmark fingerprints."""
     texts_dir = out_dir / ".texts"  # scratch: the planned texts of every raw shard, gone when the stage ends
-    texts_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with job_runner(params) as run_jobs:
+    with job_runner("shard.distributor", params.distributor, params.workers) as run_jobs:  # first: Ray missing
+        texts_dir.mkdir(parents=True, exist_ok=True)
+        try:
             index, captions = plan(raw_dir, captions_dir, texts_dir, params, run_jobs, decontamination)
             shard_counts = write(index, raw_dir, texts_dir, out_dir, params, captions["captions_per_image"], run_jobs)
-    finally:
-        shutil.rmtree(texts_dir, ignore_errors=True)
+        finally:
+            shutil.rmtree(texts_dir, ignore_errors=True)
     metrics = count(index, captions, shard_counts)
-    if isinstance(run_jobs, RayJobs):
+    if params.distributor == "ray":
         metrics["ray"] = {"tasks_per_node": dict(sorted(run_jobs.tasks_per_node.items()))}
     return metrics

@@ -1,12 +1,12 @@
 """Without Ray installed, every stage's `distributor: ray` fails before any work, naming its key (one check,
-`core.ray_session.require_ray`)."""
+`core.ray_session.require_ray`, which the job runner and the train stage call)."""
 import importlib.util
 
 import pytest
 
 from core.cli import UserError
-from pipeline.params.shard import ShardParams
 from core.ray_session import require_ray
+from pipeline.params.shard import ShardParams
 from pipeline.shard import writer
 
 
@@ -25,10 +25,12 @@ def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
     from stages.train import train_on_ray
 
     stages = {
-        "download": lambda: download_run.img2dataset_options(DownloadParams(distributor="ray")),
+        "download": lambda: download_run.run(DownloadParams(distributor="ray"), tmp_path / "urls.parquet",
+                                             tmp_path / "raw"),
         "caption": lambda: caption_run.run(CaptionParams(distributor="ray"), tmp_path / "raw", tmp_path / "out",
                                            tmp_path / "metrics.json", tmp_path / "logs"),
-        "shard": lambda: writer.job_runner(ShardParams(distributor="ray")).__enter__(),  # it was `import ray`'s error
+        "shard": lambda: writer.run(ShardParams(distributor="ray"), tmp_path / "raw", tmp_path / "captions",
+                                    tmp_path / "shards"),
         "train": lambda: train_on_ray(TrainParams(distributor="ray")),
     }
     for stage, start in stages.items():

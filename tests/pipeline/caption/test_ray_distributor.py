@@ -58,7 +58,7 @@ def busy_caption_worker() -> int | None:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if title.startswith("ray::CaptionWorker.caption_shard") and SESSION_MARKER.encode() in environ:
+        if title.startswith("ray::CaptionWorker.run") and SESSION_MARKER.encode() in environ:
             return int(entry.name)
     return None
 

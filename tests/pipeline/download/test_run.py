@@ -1,5 +1,4 @@
 """The download stage runs real img2dataset against a real loopback HTTP server; every URL is accounted for."""
-import importlib.util
 import io
 import json
 import multiprocessing
@@ -17,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from core.cli import UserError
 from pipeline.download import run as download_run
 from pipeline.params.download import DownloadParams
 from pipeline.params import ParamsError, exit_on_params_error
@@ -180,18 +178,12 @@ def _nine_urls_one_gone(tmp_path, http_server, distributor):
                             distributor=distributor, allow_networks=LOOPBACK)
     summary = download_run.run(params, urls, tmp_path / "raw")
     assert summary["success"] == 8 and summary["failures"] == {"http_404": 1} and summary["shards"] == 3
+    return summary
 
 
 @pytest.mark.slow
 def test_pyspark_local_mode(tmp_path, http_server):
     _nine_urls_one_gone(tmp_path, http_server, "pyspark")
-
-
-def test_ray_missing_is_named_before_any_work(monkeypatch):
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
-    with pytest.raises(UserError, match=r"download.distributor: ray is not installed"):
-        download_run.img2dataset_options(DownloadParams(distributor="ray"))
 
 
 def test_ray_address_that_does_not_answer_fails_fast(tmp_path, http_server, monkeypatch):
@@ -202,16 +194,17 @@ def test_ray_address_that_does_not_answer_fails_fast(tmp_path, http_server, monk
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port('127.0.0.1')}")
     with pytest.raises(RayClusterError, match=r"RAY_ADDRESS: no Ray cluster reachable"):
         _nine_urls_one_gone(tmp_path, http_server, "ray")
-    assert not list((tmp_path / "raw").glob("*.tar"))
+    assert not (tmp_path / "raw").exists()
 
 
 @pytest.mark.slow
 def test_ray_local_instance(tmp_path, http_server, monkeypatch):
-    """Without RAY_ADDRESS the stage starts a local Ray instance, runs img2dataset's Ray tasks on it, stops it."""
+    """Without RAY_ADDRESS the stage starts a local Ray instance, downloads each shard as a Ray task on it, stops it."""
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    _nine_urls_one_gone(tmp_path, http_server, "ray")
+    tasks = _nine_urls_one_gone(tmp_path, http_server, "ray")["ray"]["tasks_per_node"]
+    assert len(tasks) == 1 and sum(tasks.values()) == 3, "one task per shard, on the one node"
     assert not ray.is_initialized(), "the local instance is stopped afterwards"
 
 
