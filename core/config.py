@@ -3,9 +3,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class StrictConfig(BaseModel):
-    """Frozen; `'8'` is not an int and an unknown key is an error (as everywhere in params.yaml)."""
+    """Frozen; `'8'` is not an int and an unknown key is an error (as everywhere in params.yaml). A field's docstring
+    is its description, the one docs/params.md shows."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
     def with_(self, **changes):
         """A validated copy with some fields changed."""

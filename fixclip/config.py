@@ -34,54 +34,69 @@ class MethodSection(StrictConfig):
 
 
 class FixClipConfig(MethodSection):
-    """Every FIX-CLIP module can be switched off independently (the paper's ablation table).
+    """FIX-CLIP modules; ablations: dvc exp run -S train.fixclip.<switch>=false. Every module can be switched off
+    independently (the paper's ablation table).
 
     Where the paper is silent the defaults are our choice, sized for the tiny 4-layer, 64-patch base CLIP
     in ``assets/base_clip`` (docs/methods.md, "Set-up choices where the paper is silent").
     """
 
-    # Text stretch (Long-CLIP knowledge-preserving interpolation), 77 -> keep + ratio * (77 - keep) = 248.
     stretch: bool = True
+    """Long-CLIP positional stretch 77 -> 248: knowledge-preserving interpolation to keep + ratio * (77 - keep)
+    positions."""
     stretch_keep: int = Field(20, ge=1)
+    """First positions copied and frozen."""
     stretch_ratio: int = Field(4, ge=1)
-    # Drop trailing padding columns of a token batch before the text tower. Exact under CLIP's causal mask
-    # (the pooled EOT token never attends to later positions); only speed changes.
+    """Each later position is interpolated into this many."""
     trim_text_padding: bool = True
+    """Drop padding columns (exact under the causal mask; speed only): trailing padding of a token batch is cut
+    before the text tower; the pooled EOT token never attends to later positions."""
 
-    # Dual branch: short caption <-> masked image (L_short) next to long caption <-> raw image (L_long).
     dual_branch: bool = True
+    """Short caption <-> masked image (L_short), next to long caption <-> raw image (L_long)."""
     mask_ratio: float = Field(0.75, ge=0.0, lt=1.0)
-    mask_seed: int = 0  # per rank: mask_seed + rank; the generator's state is saved in checkpoints
+    """Share of image patches the short branch masks."""
+    mask_seed: int = 0
+    """Per rank: mask_seed + rank; its state is saved in checkpoints."""
 
-    # Regional prompts: one prompt per image region of a rows x cols split (M = rows * cols), from image layer l
-    # (1-based, paper notation); every layer l..L adds fresh parameters to the prompt outputs of the layer before
-    # (see regional_prompts). A region is the 2-D block of patches whose centres fall in it: the toy world's 3 x 3
-    # cells, or 2 x 2 quadrants of ViT-B/16's 14 x 14 grid.
     regional_prompts: bool = True
+    """One prompt per image region of a prompt_grid split, from image layer prompt_start_layer on; every later layer
+    adds fresh parameters to the prompt outputs of the layer before (see regional_prompts). A region is the 2-D block
+    of patches whose centres fall in it."""
     prompt_grid: list[int] = [3, 3]
+    """One prompt per image region (M = 9): the toy world's 3 x 3 cells. [rows, cols]; ViT-B/16's 14 x 14 grid takes
+    e.g. 2 x 2 quadrants."""
     prompt_start_layer: int = Field(3, ge=1)
-    # The paper's variants (docs/methods.md, "Where we differ from the paper"): "raster" regions are consecutive
-    # raster blocks of N / M patches; "fresh" prompts replace the previous layer's prompt outputs instead of adding.
+    """l, 1-based (paper notation): the first image layer with prompts."""
     prompt_regions: Literal["grid", "raster"] = "grid"
+    """Grid: 2-D blocks of prompt_grid | raster: the paper's consecutive blocks of N/M patches (docs/methods.md,
+    "Where we differ from the paper")."""
     prompt_layers: Literal["carried", "fresh"] = "carried"
-    # Prompts train at train.new_params_lr_scale times the learning rate, like the mask token and HFA heads.
+    """Carried: each layer's prompts add to the last layer's prompt outputs | fresh: replace them (paper)."""
     prompt_lr_scaled: bool = False
+    """True: prompts train at new_params_lr_scale, like the mask token and HFA heads (train.new_params_lr_scale times
+    the learning rate)."""
 
-    # Hierarchical feature alignment: G groups of S = L / G layers, loss on groups K..G (1-based) weighted w_i.
-    # Each group's loss has its own learnable logit scale (initialised at CLIP's 1 / 0.07: its heads start random,
-    # and the main scale of a trained CLIP, ~100, would make their first losses huge), and for the first
-    # hfa_warmup_steps steps the heads learn alone: their loss does not reach the backbone.
     hfa: bool = True
+    """Hierarchical feature alignment: G groups of S = L / G layers, a loss on groups K..G (1-based) weighted w_i."""
     hfa_groups: int = Field(2, ge=1)
+    """G; divides both tower depths."""
     hfa_first_group: int = Field(2, ge=1)
+    """K: the deeper groups only."""
     hfa_weights: list[float] = [1.0]
+    """w_K..w_G."""
     hfa_sigma: float = Field(1.0, gt=0.0)
-    hfa_branch: Literal["long", "short"] = "long"  # long: long caption <-> raw image; short: short <-> masked
+    """Width of the Gaussian that weights a group's layers (group token aggregation), centred on its last layer."""
+    hfa_branch: Literal["long", "short"] = "long"
+    """Long (long caption <-> raw image) | short (short caption <-> masked image): the pairs HFA aligns."""
     hfa_logit_scale_init: float = Field(14.29, gt=1.0)
+    """Each group's own learnable logit scale starts at CLIP's 1 / 0.07: its heads start random, and the main scale
+    of a trained CLIP, ~100, would make their first losses huge."""
     hfa_warmup_steps: int = Field(50, ge=0)
+    """The random HFA heads first learn alone: no HFA gradient reaches the backbone."""
 
-    # Loss (Long-CLIP's label smoothing)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    """Long-CLIP's label smoothing of the contrastive losses."""
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -136,15 +151,16 @@ class FixClipConfig(MethodSection):
 
 
 class LongClipConfig(MethodSection):
-    """The ``train.longclip`` section. The stretch keys (keep, ratio, padding trim) are read from the ``fixclip``
-    section, so all methods share one text tower set-up."""
+    """Long-CLIP: stretch + short caption <-> image features on the batch's top-k components. The stretch keys (keep,
+    ratio, padding trim) are read from the ``fixclip`` section, so all methods share one text tower set-up."""
 
     reads: ClassVar[dict[str, tuple[str, ...]]] = {"fixclip": STRETCH_KEYS}
 
-    # k; null scales the paper's 32 of 512 embedding dimensions to the model's width (4 of the toy CLIP's 64).
-    # No reduction at all once k >= min(per-rank batch - 1, width).
     pca_components: Optional[int] = Field(None, ge=1)
+    """K; null: the paper's 32 of 512 dimensions scaled to the embedding (4 of 64): the model's width. No reduction
+    at all once k >= min(per-rank batch - 1, width)."""
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    """Label smoothing of its losses."""
 
     def components(self, embed_dim: int) -> int:
         """k for an embedding of ``embed_dim`` dimensions."""
@@ -154,17 +170,22 @@ class LongClipConfig(MethodSection):
 
 
 class HolisticConfig(MethodSection):
-    """The ``train.holistic`` section. The stretch keys are read from the ``fixclip`` section."""
+    """Holistic CLIP: K image embeddings (extra CLS tokens) <-> K captions from K prompts. The stretch keys are read
+    from the ``fixclip`` section."""
 
     reads: ClassVar[dict[str, tuple[str, ...]]] = {"fixclip": STRETCH_KEYS}
     reads_all_captions: ClassVar[bool] = True
     captions_key: ClassVar[str] = "holistic.captions_per_image"
 
-    num_branches: int = Field(3, ge=1)  # K_img: class tokens, hence embeddings per image (the repo's default 3)
-    captions_per_image: int = Field(3, ge=1)  # K_txt: prompts, hence captions per image
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # the public loss uses none
-    # Hinge on the mean cosine between different branches of an image; null switches it off.
+    num_branches: int = Field(3, ge=1)
+    """K_img: class tokens, hence embeddings per image (the public repo's default 3)."""
+    captions_per_image: int = Field(3, ge=1)
+    """K_txt; needs caption.captions_per_image >= this (shards hold long_0..long_{K-1}.txt): prompts, hence captions
+    per image."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Label smoothing of its loss; the public loss uses none."""
     branch_similarity_margin: Optional[float] = Field(0.7, ge=-1.0, le=1.0)
+    """Hinge on the mean cosine between an image's branches; null: off."""
 
     def captions(self, caption_pool: int) -> int:
         return self.captions_per_image

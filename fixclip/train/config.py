@@ -23,31 +23,41 @@ _NOT_IN_FINGERPRINT = ("checkpoint_every", "keep_checkpoints", "log_every", "thr
 
 
 class BaseModelConfig(StrictConfig):
-    """The pretrained CLIP fine-tuned: an open_clip model name or JSON config, and a local weights file (no hub)."""
+    """The pretrained CLIP; also the "base" row of the evaluation: an open_clip model name or JSON config, and a local weights file (no hub)."""
 
     config: str = "assets/base_clip/model.json"
+    """Open_clip model name or JSON config."""
     weights: str = "assets/base_clip/weights.pt"
+    """Local state_dict (loaded weights_only), no hub."""
 
 
 class DistributedConfig(StrictConfig):
-    """Processes per node and nodes. One node: the stage starts torchrun itself when nproc_per_node > 1. Several
+    """Distributor local only: processes per node and nodes. One node: the stage starts torchrun itself when nproc_per_node > 1. Several
     nodes: start `torchrun --nnodes N ... -m stages.train` on every node (the stage then uses torchrun's values)."""
 
     nproc_per_node: int = Field(1, ge=1)
+    """> 1: the stage relaunches itself under torchrun --standalone"""
     nnodes: int = Field(1, ge=1)
+    """> 1: start `torchrun --nnodes N ... -m stages.train` on every node yourself"""
 
 
 class RayTrainConfig(StrictConfig):
-    """`distributor: ray`: the loop runs under Ray Train's TorchTrainer on `workers` workers of a Ray cluster, each
-    one rank (gloo on CPU, nccl on GPU). Every node must see the repository, data/ and checkpoints/ at the driver's
-    path (docs/scale.md, "Run it on a Ray cluster")."""
+    """Distributor ray only; every node sees the repo, data/ and checkpoints/ at this path. The loop runs under Ray
+    Train's TorchTrainer on `workers` workers of a Ray cluster, each one rank (gloo on CPU, nccl on GPU); the path is
+    the driver's (docs/scale.md, "Run it on a Ray cluster")."""
 
-    address: str | None = None  # host:port | ray://host:port | auto; None: RAY_ADDRESS if set, else a local instance
+    address: str | None = None
+    """Host:port | ray://host:port | auto; null: RAY_ADDRESS if set, else a new local instance."""
     workers: int = Field(2, ge=1)
-    use_gpu: bool = False  # one GPU per worker
+    """Ray Train workers, one rank each (global batch = batch_size * grad_accum * workers)"""
+    use_gpu: bool = False
+    """one GPU per worker (nccl); false: gloo on CPU"""
     cpus_per_worker: float = Field(1.0, gt=0)
-    resources_per_worker: dict[str, float] = {}  # custom Ray resources a worker needs, e.g. {"trainer": 1}
-    max_failures: int = Field(2, ge=0)  # worker-group restarts (from the last checkpoint) before the stage fails
+    """CPUs Ray reserves per worker."""
+    resources_per_worker: dict[str, float] = {}
+    """Custom Ray resources per worker, e.g. {trainer: 1} to keep workers on some nodes."""
+    max_failures: int = Field(2, ge=0)
+    """Worker-group restarts from the last checkpoint before the stage fails."""
 
 
 class TrainConfig(StrictConfig):
@@ -61,38 +71,64 @@ class TrainConfig(StrictConfig):
 
     model_config = ConfigDict(extra="allow")  # the method sections; any other unknown key is refused (_sections)
 
-    method: str = "fixclip"  # a name in fixclip.methods.METHODS
-    shards: str = "data/shards/train"  # folder of *.tar, or a brace pattern
+    method: str = "fixclip"
+    """Fixclip | longclip | holistic (docs/methods.md): a name in fixclip.methods.METHODS; each reads its own section
+    below (and fixclip's stretch keys); another method's key set off its default is an error."""
+    shards: str = "data/shards/train"
+    """Folder of *.tar, or a brace pattern."""
     base_model: BaseModelConfig = BaseModelConfig()
-    # fixclip / longclip: each sample's long caption is drawn, per step, from its first K captions (long_0.txt ..;
-    # caption.captions_per_image >= K): the control that gives them Holistic CLIP's captions. 1: long.txt.
     caption_pool: int = Field(1, ge=1)
+    """Fixclip/longclip: draw each step's long caption from a sample's first K (K <= caption.captions_per_image): the
+    control for Holistic's K captions. 1: long.txt."""
     batch_size: int = Field(32, ge=1)
+    """Per rank and micro-step; global = batch_size * grad_accum * ranks."""
     grad_accum: int = Field(1, ge=1)
+    """Negatives stay within a micro-step: micro-steps per optimizer step, gradients averaged (open_clip's feature
+    cache for accumulation is not reproduced)."""
     epochs: float | None = Field(3.0, gt=0)
-    samples: int | None = Field(None, ge=1)  # when set, the run's length in samples (epochs must then be null)
+    """Exactly one of epochs / samples (the other null): the run's length in passes over the shards."""
+    samples: int | None = Field(None, ge=1)
+    """The run's length in samples, when set (epochs must then be null)."""
     lr: float = Field(5e-4, gt=0)
+    """Peak learning rate (AdamW)."""
     weight_decay: float = Field(1e-2, ge=0)
+    """Long-CLIP; matrices only."""
     betas: list[float] = [0.9, 0.999]
+    """AdamW's betas."""
     eps: float = Field(1e-8, gt=0)
+    """AdamW's epsilon."""
     warmup_steps: int = Field(20, ge=0)
-    # lr multiplier of what the method adds from scratch (FIX-CLIP: the mask token and HFA heads; the prompts too with
-    # fixclip.prompt_lr_scaled); see optim.adamw
+    """Linear warm-up, then cosine to 0."""
     new_params_lr_scale: float = Field(10.0, gt=0)
+    """Lr multiplier for the mask token and HFA heads (prompts: 1x, unless fixclip.prompt_lr_scaled); nothing the
+    method adds from scratch is weight-decayed (see optim.adamw)."""
     logit_scale_init: float | None = Field(100.0, gt=1.0)
+    """Reset to ln(100) at start (Long-CLIP); null keeps the base model's."""
     logit_scale_max: float = Field(100.0, gt=1.0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA
+    """Clamp after every step (open_clip_train)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Auto (fp32 on CPU, bf16 autocast on CUDA) | fp32 | bf16."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0  # new modules' initial weights, the data shuffle and caption draws (shard order: shard.seed)
+    """Auto | cpu | cuda: where training runs (auto: the GPU when there is one)."""
+    seed: int = 0
+    """New modules' initial weights, the data shuffle and caption draws (shard order: shard.seed)."""
     threads: int | None = Field(None, ge=1)
+    """Torch threads; null = torch's default."""
     checkpoint_every: int = Field(50, ge=1)
+    """Optimizer steps; resume is automatic from checkpoints/train/."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (the newest)."""
     nan_policy: Literal["error", "skip"] = "error"
+    """Error: stop naming the step | skip: skip that optimizer step."""
     num_workers: int = Field(2, ge=0)
+    """Data workers per rank; batch_size must be a multiple; needs ranks x workers shards."""
     shuffle_buffer: int = Field(1000, ge=0)
+    """Samples in the shuffle buffer of each data worker."""
     log_every: int = Field(1, ge=1)
+    """DVCLive row every N steps."""
     distributed: DistributedConfig = DistributedConfig()
-    distributor: Literal["local", "ray"] = "local"  # local: one process or torchrun (`distributed`) | ray: `ray`
+    distributor: Literal["local", "ray"] = "local"
+    """Local (this process, or torchrun as above) | ray (Ray Train workers; docs/scale.md)."""
     ray: RayTrainConfig = RayTrainConfig()
 
     @model_validator(mode="wrap")

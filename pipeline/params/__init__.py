@@ -47,12 +47,21 @@ def read_yaml(text: str):
 
 class Params(Section):
     source: SourceParams = SourceParams()
+    """Where the image URLs come from: the toy world, or a user's URL list."""
     download: DownloadParams = DownloadParams()
+    """Img2dataset options, passed through by name (https://github.com/rom1504/img2dataset#api)."""
     caption: CaptionParams = CaptionParams()
+    """Long captions from an MLLM served by vLLM (OpenAI-compatible API). Relative paths are relative to the
+    repository root (DVC's working dir)."""
     shard: ShardParams = ShardParams()
+    """Deterministic webdataset shards: jpg, long.txt, short.txt, json per sample (pipeline/shard/writer.py)."""
     train: TrainParams = TrainParams()
+    """FIX-CLIP fine-tuning of the base CLIP on data/shards/train. Besides these keys, one section per method
+    (train.fixclip, train.longclip, train.holistic)."""
     evaluate: EvaluateParams = EvaluateParams()
+    """Base vs trained; protocols: fixclip/eval/benchmarks/README.md. The base model evaluated is train.base_model."""
     export: ExportParams = ExportParams()
+    """The trained model for other libraries: models/export/{open_clip,transformers}."""
 
     @model_validator(mode="after")
     def _caption_prompts(self):

@@ -16,32 +16,49 @@ DEFAULT_REFUSALS = [
 
 
 class ServerOptions(Section):
-    """Flags passed to every vLLM server or in-process engine the stage starts (`None` leaves vLLM's own default)."""
+    """Flags of every started server (null: vLLM's own default): every vLLM server or in-process engine the stage
+    starts."""
 
     dtype: str = "auto"
+    """Weights' and activations' dtype (vLLM's --dtype)."""
     max_model_len: int = Field(512, gt=0)
+    """Image tokens + prompt + max_tokens must fit (checked before any work); LLaVA-NeXT: 4096. vLLM's context
+    length."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """On GPU e.g. 0.9 (and kv_cache_memory_bytes: null): the share of GPU memory vLLM may use."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs each server's model is split over."""
     limit_mm_per_prompt: dict[str, int] = {"image": 1}
+    """Most images per prompt, by modality."""
     max_num_seqs: int | None = Field(16, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=1)  # tokens per engine step (prefill chunks included)
+    """Most requests an engine step batches."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Tokens per engine step, prefill chunks included (null: vLLM's default); tune with bench/caption.py --sweep."""
     kv_cache_memory_bytes: int | None = Field(268_435_456, gt=0)
+    """CPU: a fixed KV cache of 256 MiB. The KV cache's size in bytes (null: from gpu_memory_utilization)."""
     enforce_eager: bool = True
-    # False: --no-enable-chunked-prefill. vLLM's CPU engine dies (`CPU Generator does not use offset`) when a seeded
-    # request's prompt is prefilled in chunks, as long multimodal prompts are under concurrency; None: vLLM's default.
+    """CPU; on GPU false enables CUDA graphs. True runs the model eagerly."""
     enable_chunked_prefill: bool | None = False
-    chat_template: str | None = None  # a .jinja file for a model without its own template (None: the model's)
-    mm_processor_kwargs: dict = {}  # the model's HF processor settings, e.g. Qwen2-VL's {max_pixels: 200704}
-    # The multimodal processor's cache of preprocessed images: 0 turns it off. Captioning sees every image once
-    # (twice at most, when a rejected caption is retried with another prompt), so the cache only costs memory.
+    """CPU: false (seeded requests prefilled in chunks crash vLLM's CPU engine); GPU: null. False passes
+    --no-enable-chunked-prefill: vLLM's CPU engine dies (`CPU Generator does not use offset`) when a seeded request's
+    prompt is prefilled in chunks, as long multimodal prompts are under concurrency; null: vLLM's default."""
+    chat_template: str | None = None
+    """A .jinja file for a model without its own chat template (null: the model's)."""
+    mm_processor_kwargs: dict = {}
+    """The model's processor settings, e.g. Qwen2-VL {max_pixels: 200704} (its Hugging Face processor's)."""
     mm_processor_cache_gb: float | None = Field(0, ge=0)
-    # API server processes per server (server engine only): they share image preprocessing, which runs in the API
-    # server and can bound a GPU's throughput for VLMs (vLLM docs, "Optimization and Tuning"). None: vLLM's default.
+    """Preprocessed-image cache; 0: off (captioning sees each image once). Twice at most, when a rejected caption is
+    retried with another prompt, so the cache only costs memory."""
     api_server_count: int | None = Field(None, ge=1)
-    # VLLM_BATCH_INVARIANT=1: results that do not depend on what else is in the batch, so reruns give the same
-    # captions byte for byte; NVIDIA GPUs only in vLLM 0.32, and slower (docs/pipeline.md, "Captioning with an MLLM").
+    """Engine server only: API server processes sharing image preprocessing (GPU: try 2-4). Preprocessing runs in the
+    API server and can bound a GPU's throughput for VLMs (vLLM docs, "Optimization and Tuning"); null: vLLM's
+    default."""
     batch_invariant: bool = False
-    extra_args: list[str] = []  # any other vLLM flag; in_process takes engine flags only (no --host, --port, ...)
+    """VLLM_BATCH_INVARIANT=1: byte-identical captions across runs; NVIDIA GPUs only, slower. Results then do not
+    depend on what else is in the batch; NVIDIA GPUs only in vLLM 0.32 (docs/pipeline.md, "Captioning with an MLLM")."""
+    extra_args: list[str] = []
+    """Any other server flag, e.g. ["--max-num-batched-tokens", "8192"]; in_process takes engine flags only (no
+    --host, --port, ...)."""
 
     @field_validator("chat_template")
     @classmethod
@@ -55,19 +72,29 @@ class Sampling(Section):
     """Decoding; the per-request seed is derived from `seed` and the image key."""
 
     temperature: float = Field(0.7, ge=0)
+    """Sampling temperature."""
     top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p."""
     max_tokens: int = Field(160, gt=0)
+    """The toy captioner's longest answers run ~120 tokens. Most tokens per caption; a caption cut there is
+    "truncated"."""
     seed: int = 0
+    """Each request's seed derives from this, the image key and the prompt."""
 
 
 class Filters(Section):
-    """Which captions are rejected; every rejection is counted under its class."""
+    """Each rejected caption is counted under its class in metrics/caption.json."""
 
     min_words: int = Field(8, ge=0)
+    """Captions with fewer words are rejected as too short."""
     max_repetition: float = Field(0.5, ge=0, le=1)
+    """Share of repeated word n-grams above which a caption is repetitive."""
     repetition_ngram: int = Field(3, ge=1)
+    """n of those n-grams."""
     keep_truncated: bool = False
+    """A caption cut at max_tokens misses objects: drop it (counted as truncated)."""
     refusal_patterns: list[str] = DEFAULT_REFUSALS
+    """Regular expressions (case-insensitive) that mark a caption as a refusal."""
 
     @field_validator("refusal_patterns")
     @classmethod
@@ -85,14 +112,20 @@ RAY_ADDRESS_FORMAT = re.compile(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[^:/\s\[\]]+):\d+
 
 
 class RayOptions(Section):
-    """`distributor: ray`: `workers` Ray actors each start their own vLLM servers (num_servers of them) on their node
+    """Distributor ray only (docs/pipeline.md, "Captioning with an MLLM"): `workers` Ray actors each start their own vLLM servers (num_servers of them) on their node
     and caption whole shards; a worker that dies has its shard redone by another and is replaced."""
 
-    address: str | None = None  # None: RAY_ADDRESS if set, else a new local Ray instance
+    address: str | None = None
+    """Host:port | ray://host:port | auto; null: RAY_ADDRESS if set, else a new local instance."""
     workers: int = Field(1, ge=1)
-    gpus_per_worker: int = Field(0, ge=0)  # Ray sets each worker's CUDA_VISIBLE_DEVICES; its servers split them
-    startup_timeout_s: float = Field(600, gt=0)  # to wait for a worker to be placed and serving, while none is
-    max_worker_failures: int = Field(3, ge=0)  # worker losses tolerated before the stage fails
+    """Ray actors; each starts num_servers vLLM servers on its node and captions whole shards."""
+    gpus_per_worker: int = Field(0, ge=0)
+    """On GPU nodes num_servers x tensor_parallel_size; Ray sets CUDA_VISIBLE_DEVICES, which the worker's servers
+    split."""
+    startup_timeout_s: float = Field(600, gt=0)
+    """While no worker is serving: fail if none is placed and healthy by then."""
+    max_worker_failures: int = Field(3, ge=0)
+    """Lost workers tolerated (their shards are redone by others) before the stage fails."""
 
     @field_validator("address")
     @classmethod
@@ -106,34 +139,55 @@ class CaptionParams(Section):
     """Every knob of the caption stage. Relative paths are relative to the repository root (DVC's working dir)."""
 
     model: str = "assets/tiny_llava/model"
+    """Local model dir (or an HF id where a hub is reachable: unset HF_HUB_OFFLINE)."""
     served_model_name: str = "tiny-llava"
+    """The name requests address the model by."""
     python: str = ".venv-vllm/bin/python"
-    # in_process: vLLM's engine in worker processes of the vLLM environment, fed over a pipe without the HTTP front
-    # end (about the offline engine's rate); server: OpenAI-compatible vLLM servers (started here, or `endpoints`).
+    """Interpreter of the vLLM environment (docs/development.md, "Environments")."""
     engine: Literal["in_process", "server"] = "in_process"
+    """In_process: vLLM's engine in worker processes, no HTTP | server: vLLM OpenAI servers (or endpoints).
+    in_process feeds the engines over a pipe (about the offline engine's rate); server starts OpenAI-compatible vLLM
+    servers here, or uses `endpoints`."""
     num_servers: int = Field(1, ge=1)
+    """servers (or in_process engines) this stage starts; on a GPU box one per GPU (see gpus)"""
     gpus: list[str] = []
+    """e.g. ["0","1","2","3"]: num_servers x tensor_parallel_size ids, CUDA_VISIBLE_DEVICES per server"""
     endpoints: list[str] = []
+    """e.g. [http://host1:8000] with engine: server: use these running servers and start none"""
     host: str = "127.0.0.1"
+    """where started servers bind"""
     server: ServerOptions = ServerOptions()
     startup_timeout_s: float = Field(300, gt=0)
+    """a server not healthy by then fails the stage with its log tail"""
     endpoint_timeout_s: float = Field(30, gt=0)
+    """Seconds to wait for a listed endpoint to answer its health check."""
     concurrency: int = Field(64, ge=1)
+    """requests in flight per server"""
     request_timeout_s: float = Field(120, gt=0)
+    """Seconds per caption request."""
     retries: int = Field(3, ge=0)
+    """Per request, on connection errors, timeouts, 408/429/5xx; exponential backoff."""
     backoff_s: float = Field(1.0, ge=0)
+    """First wait before a retry, in seconds (doubled each retry)."""
     backoff_max_s: float = Field(30.0, ge=0)
+    """Longest wait before a retry, in seconds."""
     prompts: list[str] = Field(list(TOY_CAPTIONER_PROMPTS), min_length=1)
-    captions_per_image: int = Field(1, ge=1)  # K captions per image, each from its own prompt
+    """One is drawn per image, deterministically from its key; the toy captioner was trained to answer each in its
+    own style (pipeline/toyworld/captions.py)."""
+    captions_per_image: int = Field(1, ge=1)
+    """K captions per image from K different prompts (Holistic CLIP: K >= train.holistic's)."""
     sampling: Sampling = Sampling()
     filters: Filters = Filters()
     retry_rejected_with_other_prompt: bool = True
+    """A rejected caption is asked for once more with another prompt."""
     image_extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
-    # Downscale (aspect kept, JPEG quality 95) an image whose longer side exceeds this before sending it: the model's
-    # processor resizes to its native resolution anyway, and a smaller request costs less to send and decode. None:
-    # send images as downloaded. In the resume fingerprint when set: the model sees other pixels.
+    """Image members of a downloaded tar that are captioned."""
     max_image_side: int | None = Field(None, ge=16)
-    distributor: Literal["local", "ray"] = "local"  # local: servers on this machine; ray: see RayOptions
+    """E.g. 448: downscale larger images before sending (the model resizes them anyway); in the resume fingerprint.
+    The image is downscaled, aspect kept, to JPEG quality 95: a smaller request costs less to send and decode; null:
+    send images as downloaded."""
+    distributor: Literal["local", "ray"] = "local"
+    """Local: servers on this machine | ray: workers on a Ray cluster, each with its own servers (`ray`)."""
     ray: RayOptions = RayOptions()
 
     @field_validator("prompts")

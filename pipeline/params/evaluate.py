@@ -12,18 +12,29 @@ from fixclip.eval.benchmarks.toy import ToyEntry
 from pipeline.params.section import Section
 
 class ToyBenchmarkParams(Section):
-    """Held-out toy-world scenes (same world shape as source.toyworld, a different seed): the test split, which the
+    """Held-out toy benchmark, written to data/toy_benchmark/: toy-world scenes (same world shape as source.toyworld, a different seed): the test split, which the
     tables report, and a development split of the same shape from `dev_seed`, on which set-up choices are made."""
 
     seed: int = 1_000_003
+    """the test split the tables report; must differ from source.toyworld.seed (checked)"""
     dev_seed: int = 2_000_003
-    num_images: int = Field(500, ge=2, multiple_of=2)  # twin pairs of multi-object scenes for long/short retrieval
-    min_objects: int = Field(5, ge=1)  # retrieval scenes have min_objects..source.toyworld.max_objects objects
-    num_layout_images: int = Field(500, ge=0, multiple_of=2)  # layout-twin pairs: two objects swapped between cells
-    num_short_scene_images: int = Field(500, ge=0)  # one- and two-object scenes with their complete description
-    num_classification_images: int = Field(480, ge=1)  # single-object scenes, label "<colour> <shape>"
+    """The development split (data/toy_benchmark_dev, metrics/eval_dev.json): tune set-up choices on it."""
+    num_images: int = Field(500, ge=2, multiple_of=2)
+    """Twin pairs: scene 2k+1 = scene 2k with its last-described object changed (multi-object scenes for long and
+    short retrieval)."""
+    min_objects: int = Field(5, ge=1)
+    """Retrieval scenes have 5..max_objects objects: every description > 77 tokens
+    (min_objects..source.toyworld.max_objects)."""
+    num_layout_images: int = Field(500, ge=0, multiple_of=2)
+    """Layout twins: scene 2k+1 = scene 2k with two objects swapped between cells (binding)."""
+    num_short_scene_images: int = Field(500, ge=0)
+    """one- and two-object scenes with their complete description (< 77 tokens)"""
+    num_classification_images: int = Field(480, ge=1)
+    """single-object scenes, 48 classes (labels "<colour> <shape>")"""
     short_text: Literal["alt_text", "first_sentence"] = "alt_text"
+    """alt_text | first_sentence (first sentences repeat heavily in the toy world)"""
     templates: list[str] = Field(["a photo of a {c}.", "a {c}.", "a drawing of a {c}."], min_length=1)
+    """Zero-shot prompts, each with {c}."""
 
     @model_validator(mode="after")
     def _templates_have_slot(self):
@@ -47,7 +58,9 @@ class ExtraModel(Section):
     folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours)."""
 
     name: str = NAME
+    """The model's row name in the tables."""
     path: str
+    """The checkpoint, under models/extra/ (the folder DVC tracks as a dep of evaluate)."""
 
     @model_validator(mode="after")
     def _under_the_tracked_folder(self):
@@ -72,15 +85,23 @@ def _default_benchmarks() -> list:
 class EvaluateParams(Section):
     """The base model evaluated is `train.base_model` (the CLIP that training starts from)."""
 
-    trained_model: str | None = "models/fixclip"  # model folder written by train; null: base model only
-    extra_models: list[ExtraModel] = []  # more checkpoints scored on the same benchmarks (e.g. released Long-CLIP)
+    trained_model: str | None = "models/fixclip"
+    """Train stage's folder (fixclip.json + model.json + weights.pt); null: base only."""
+    extra_models: list[ExtraModel] = []
+    """More checkpoints scored alike, under models/extra/ (its README), e.g. [{name: longclip-B, path:
+    models/extra/longclip-B.pt}]."""
     toy: ToyBenchmarkParams = ToyBenchmarkParams()
     benchmarks: list[BenchmarkEntry] = Field(default_factory=_default_benchmarks, min_length=1)
+    """One entry per reported benchmark; kind picks the adapter, other keys are its options."""
     batch_size: int = Field(64, ge=1)
-    workers: int = Field(0, ge=0)  # DataLoader processes decoding images
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; null: torch's default
-    # Where the models encode: the first GPU when there is one (auto), else the CPU. Embeddings are float32 either way.
+    """Images / texts per forward pass."""
+    workers: int = Field(0, ge=0)
+    """DataLoader processes decoding images"""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; null: torch's default"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Auto (the first GPU if any, else CPU) | cpu | cuda: where the models encode; embeddings are float32 either
+    way."""
 
     @model_validator(mode="after")
     def _unique_names(self):

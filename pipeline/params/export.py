@@ -6,5 +6,8 @@ from pipeline.params.section import Section
 
 
 class ExportParams(Section):
-    model: str = "models/fixclip"  # a model folder written by the train stage
-    atol: float = Field(1e-5, gt=0)  # max |difference| of L2-normalised embeddings, ours vs the export's
+    model: str = "models/fixclip"
+    """The train stage's model folder."""
+    atol: float = Field(1e-5, gt=0)
+    """Max |difference| of normalised embeddings, ours vs the export's (else nothing is written), on probe images and
+    texts."""

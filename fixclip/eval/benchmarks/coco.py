@@ -23,8 +23,12 @@ def load(annotations: str, image_root: str, captions_per_image: int = 5) -> Retr
 
 class CocoVal2017Entry(Entry):
     kind: Literal["coco_val2017"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    annotations: str  # annotations/captions_val2017.json
-    image_root: str  # val2017/
+    annotations: str
+    """annotations/captions_val2017.json"""
+    image_root: str
+    """val2017/"""
     captions_per_image: int = Field(5, ge=1)
+    """Captions kept per image (the first ones)."""
     path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")

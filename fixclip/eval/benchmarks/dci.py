@@ -25,7 +25,10 @@ def load(root: str, fields: tuple[str, ...] | list[str] = DEFAULT_FIELDS) -> Ret
 
 class DCIEntry(Entry):
     kind: Literal["dci"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    root: str  # densely_captioned_images/ (annotations/, photos/)
+    root: str
+    """densely_captioned_images/ (annotations/, photos/)"""
     fields: list[str] = ["short_caption", "extra_caption"]
+    """Annotation fields whose texts are joined into the description."""
     path_keys: ClassVar[tuple[str, ...]] = ("root",)

@@ -21,7 +21,10 @@ def load(root: str, split: str = "test") -> RetrievalBenchmark:
 
 class DOCCIEntry(Entry):
     kind: Literal["docci"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    root: str  # docci_descriptions.jsonlines + images/
+    root: str
+    """docci_descriptions.jsonlines + images/"""
     split: str = "test"
+    """The DOCCI split scored."""
     path_keys: ClassVar[tuple[str, ...]] = ("root",)

@@ -16,9 +16,10 @@ class Entry(StrictConfig):
     """A benchmark entry; fields named in `path_keys` must exist when the entry is listed."""
 
     name: str = NAME
-    # Retrieval only: cut every caption to its first N CLIP tokens (start and end included) before any model
-    # sees it; 77 shows what a model gets from a long text without what lies beyond CLIP's context.
+    """The benchmark's name in metrics and tables."""
     max_text_tokens: int | None = Field(None, ge=3)
+    """Retrieval only: cut every caption to its first N CLIP tokens (start and end included) before any model sees
+    it; 77 shows what a model gets from a long text without what lies beyond CLIP's context."""
     path_keys: ClassVar[tuple[str, ...]] = ()
     adapter: ClassVar[Callable]  # the module's load(**options) -> RetrievalBenchmark | ClassificationBenchmark
 

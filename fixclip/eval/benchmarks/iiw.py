@@ -18,9 +18,14 @@ def load(jsonl: str, image_root: str, text_key: str = "IIW", image_suffix: str =
 
 class IIWEntry(Entry):
     kind: Literal["iiw"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    jsonl: str  # e.g. IIW-400/data.jsonl
-    image_root: str  # e.g. DOCCI's images_aar/
+    jsonl: str
+    """e.g. IIW-400/data.jsonl"""
+    image_root: str
+    """e.g. DOCCI's images_aar/"""
     text_key: str = "IIW"
+    """The record field holding the description."""
     image_suffix: str = ".jpg"
+    """Appended to a record's image name to find its file."""
     path_keys: ClassVar[tuple[str, ...]] = ("jsonl", "image_root")

@@ -42,10 +42,14 @@ def load(root: str, templates: list[str], classnames: str | None = None) -> Clas
 
 class ImageFolderEntry(Entry):
     kind: Literal["imagefolder"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    root: str  # root/<class folder>/<image>
+    root: str
+    """root/<class folder>/<image>"""
     templates: list[str] = Field(["a photo of a {c}."], min_length=1)
-    classnames: str | None = None  # .json {folder: name} or .txt (one name per line, sorted-folder order)
+    """Zero-shot prompts, each with {c} (the class name); their embeddings are averaged."""
+    classnames: str | None = None
+    """.json {folder: name} or .txt (one name per line, sorted-folder order)"""
     path_keys: ClassVar[tuple[str, ...]] = ("root",)
 
     @property

@@ -28,9 +28,14 @@ def load(annotations: str, image_root: str, split: str = "test", captions_per_im
 
 class KarpathyEntry(Entry):
     kind: Literal["coco_karpathy", "flickr30k_karpathy"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    annotations: str  # dataset_coco.json / dataset_flickr30k.json
-    image_root: str  # COCO: folder holding val2014/; Flickr30k: flickr30k-images/
+    annotations: str
+    """dataset_coco.json / dataset_flickr30k.json"""
+    image_root: str
+    """COCO: folder holding val2014/; Flickr30k: flickr30k-images/"""
     split: Literal["train", "restval", "val", "test"] = "test"
+    """The Karpathy split scored."""
     captions_per_image: int = Field(5, ge=1)
+    """Captions kept per image (the first ones)."""
     path_keys: ClassVar[tuple[str, ...]] = ("annotations", "image_root")

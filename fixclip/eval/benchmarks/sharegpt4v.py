@@ -28,8 +28,12 @@ def load(json_path: str, image_root: str, subset: str = "first_1k") -> Retrieval
 
 class ShareGPT4VEntry(Entry):
     kind: Literal["sharegpt4v"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    json_path: str  # share-captioner_coco_lcs_sam_1246k_1107.json
-    image_root: str  # ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it
+    json_path: str
+    """share-captioner_coco_lcs_sam_1246k_1107.json"""
+    image_root: str
+    """ShareGPT4V data root: image paths in the json (sam/images/...) are relative to it"""
     subset: Literal["first_1k", "first_10k"] = "first_1k"
+    """The first 1k or 10k records of the json, the published test splits."""
     path_keys: ClassVar[tuple[str, ...]] = ("json_path", "image_root")

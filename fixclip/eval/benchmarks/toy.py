@@ -61,9 +61,11 @@ def load(root: str, task: str) -> Benchmark:
 
 class ToyEntry(Entry):
     kind: Literal["toy"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
     task: Literal["long_retrieval", "layout_retrieval", "short_retrieval", "short_scene_retrieval", "zeroshot",
                   "zeroshot_colour", "zeroshot_shape"]
+    """Which toy benchmark set and protocol (docs/evaluation.md)."""
 
     @property
     def is_retrieval(self) -> bool:

@@ -21,6 +21,8 @@ def load(root: str) -> RetrievalBenchmark:
 
 class Urban1kEntry(Entry):
     kind: Literal["urban1k"]
+    """The benchmark's adapter (fixclip/eval/benchmarks/README.md)."""
     adapter = load
-    root: str  # folder holding image/ and caption/
+    root: str
+    """folder holding image/ and caption/"""
     path_keys: ClassVar[tuple[str, ...]] = ("root",)
