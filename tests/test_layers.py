@@ -1,6 +1,6 @@
 """The layers of docs/architecture.md: stages -> pipeline and fixclip -> core -> third-party. core imports neither
 side (nor torch), fixclip never imports the pipeline, and the pipeline imports fixclip only where it wires the model
-into a stage (the train section's schema, the benchmark entries and adapters)."""
+into a stage (the train section's schema and its reference page, the benchmark entries and adapters)."""
 import subprocess
 import sys
 
@@ -13,6 +13,7 @@ PIPELINE_ON_FIXCLIP = {
     "pipeline/params/train.py": "the train: section is fixclip.train.config.TrainConfig",
     "pipeline/params/evaluate.py": "the benchmark entries come from fixclip.eval.benchmarks' registry",
     "pipeline/benchmarks.py": "the benchmarks stage writes each benchmark through its fixclip adapter",
+    "pipeline/params/reference.py": "docs/params.md lists the train: section and each method's from fixclip",
 }
 
 

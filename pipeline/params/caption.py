@@ -187,7 +187,7 @@ class CaptionParams(Section):
     The image is downscaled, aspect kept, to JPEG quality 95: a smaller request costs less to send and decode; null:
     send images as downloaded."""
     distributor: Literal["local", "ray"] = "local"
-    """Local: servers on this machine | ray: workers on a Ray cluster, each with its own servers (`ray`)."""
+    """local: servers on this machine | ray: workers on a Ray cluster, each with its own servers (`ray`)."""
     ray: RayOptions = RayOptions()
 
     @field_validator("prompts")

@@ -32,8 +32,9 @@ class DownloadParams(Section):
     number_sample_per_shard: int = Field(500, ge=1)
     """Samples per raw tar written."""
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
-    """multiprocessing | pyspark (Spark local or a cluster) | ray (RAY_ADDRESS or local). pyspark: the active
-    SparkSession or a local one; ray: the cluster at RAY_ADDRESS or a local instance."""
+    """multiprocessing | pyspark (Spark local or a cluster) | ray (RAY_ADDRESS or local). multiprocessing and ray
+    download each shard as a job of the stage's job runner (a dead local worker stops the stage, Ray reruns a task
+    whose worker died); pyspark is img2dataset's own, on the active SparkSession or a local one."""
     min_image_size: int = Field(0, ge=0)
     """Images whose smaller side is below this many pixels are dropped (counted)."""
     max_image_area: int = Field(89_478_485, ge=1)

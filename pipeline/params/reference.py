@@ -31,9 +31,9 @@ _BOUNDS = ((annotated_types.Ge, ">="), (annotated_types.Gt, ">"), (annotated_typ
 
 
 def text(doc: str | None) -> str:
-    """A docstring on one line, capitalised."""
+    """A docstring on one line, capitalised unless it opens with a list of values (`toyworld | url_list: ...`)."""
     line = " ".join((doc or "").split())
-    return line[:1].upper() + line[1:]
+    return line if re.match(r"[\w.]+ \|", line) else line[:1].upper() + line[1:]
 
 
 def sections(schema: type[BaseModel]) -> dict[str, type[StrictConfig]]:

@@ -32,7 +32,7 @@ class ShardParams(Section):
     workers: int = Field(2, ge=1)
     """Processes reading raw tars and writing shards; the bytes do not depend on it."""
     distributor: Literal["local", "ray"] = "local"
-    """Local (processes) | ray (tasks on RAY_ADDRESS or a local instance; shared storage): where the workers run;
+    """local (processes) | ray (tasks on RAY_ADDRESS or a local instance; shared storage): where the workers run;
     with ray, every node must see data/ at the same path."""
     decontaminate: bool = True
     """Drop near copies of any evaluate benchmark image as benchmark_duplicate (stage benchmarks): those in the
