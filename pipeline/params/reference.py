@@ -24,8 +24,8 @@ PAGE = Path("docs/params.md")
 COMMAND = "python -m pipeline.params.reference"
 LONG_DEFAULT = 60  # characters: a longer default is shown in params.yaml only
 NAV = ("[README](../README.md) · [pipeline](pipeline.md) · **params** · [methods](methods.md) · "
-       "[evaluation](evaluation.md) ·\n[export](export.md) · [scale](scale.md) · [development](development.md) · "
-       "[architecture](architecture.md)")
+       "[evaluation](evaluation.md) ·\n[decontamination](decontamination.md) · [export](export.md) · [scale](scale.md) · "
+       "[development](development.md) ·\n[architecture](architecture.md)")
 _BOUNDS = ((annotated_types.Ge, ">="), (annotated_types.Gt, ">"), (annotated_types.Le, "<="), (annotated_types.Lt, "<"),
            (annotated_types.MultipleOf, "a multiple of"), (annotated_types.MinLen, "items >="))
 
