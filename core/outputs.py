@@ -12,8 +12,9 @@ import pandas as pd
 @contextmanager
 def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path` (named `.<name>.*.tmp`); once written it is synced (when `durable`)
-    and renamed onto `path`. On error the temporary file is removed and `path` is untouched. Outputs that a resumed
-    run keeps must be durable; a stage that always rewrites all its outputs can skip the sync."""
+    and renamed onto `path`, and the rename synced too. On error the temporary file is removed and `path` is
+    untouched. Outputs that a resumed run keeps must be durable; a stage that always rewrites all its outputs can
+    skip the syncs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name, not mkstemp: the writer creates the file, so it gets the usual umask permissions (not 0600).
@@ -27,6 +28,12 @@ def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

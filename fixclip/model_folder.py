@@ -14,11 +14,12 @@ Any other path is read by ``fixclip.checkpoint_formats.load_checkpoint`` (OpenAI
 Long-CLIP) and wrapped like a base CLIP.
 """
 import json
-import os
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
+
+from core.outputs import atomic_path
 
 from .base_model import ModelRef, build_clip, resolve_model_config
 from .checkpoint_formats import CheckpointError, load_checkpoint, load_clip, read_state_dict
@@ -33,29 +34,10 @@ FIXCLIP_CONFIG, MODEL_CONFIG, METHOD, WEIGHTS = "fixclip.json", "model.json", "m
 WITHOUT_PROMPTS = "trained_without_prompts"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(state: dict, path: Path) -> None:
-    """torch.save ``state`` to ``path`` so that readers see either nothing or the whole file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """torch.save ``state`` to ``path`` so that readers see either nothing or the whole file, synced."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
 
 
 def save_model_folder(model: Trainable, base_model: ModelRef, out_dir: str | Path) -> None:
