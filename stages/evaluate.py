@@ -1,12 +1,12 @@
-"""DVC stage `evaluate`: base and trained model on the benchmarks in params -> metrics/eval.json + bar-plot data.
+"""DVC stage `evaluate`: base and trained model on the benchmarks in params -> --metrics + bar-plot data.
 
-Reads the toy benchmark the benchmarks stage wrote (data/toy_benchmark/, the test split). Writes metrics/eval.json
-({benchmark: {model: metrics}}), metrics/eval_dev.json (the toy benchmarks on the development split,
-data/toy_benchmark_dev/, as {"dev": {benchmark: {model: metrics}}}: set-up choices are read there, docs/evaluation.md)
-plots/eval/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per
-model so a bar plot shows base and trained side by side) and metrics/results.json: the trained model's (else the
-base model's) R@1 and top-1 alone, {benchmark: {i2t, t2i} or {top1}}, so that `dvc exp show` and `dvc metrics diff`
-lead with results (docs/pipeline.md, "Reading a run").
+Reads the toy benchmark the benchmarks stage wrote (--toy-benchmark, the test split). Writes --metrics
+({benchmark: {model: metrics}}), --dev-metrics (the toy benchmarks on the development split, --toy-benchmark-dev,
+as {"dev": {benchmark: {model: metrics}}}: set-up choices are read there, docs/evaluation.md),
+--plots/<model>.csv (task, score: I2T / T2I R@1 and top-1 per benchmark, one file per model so a bar plot shows
+base and trained side by side) and --results: the trained model's (else the base model's) R@1 and top-1 alone,
+{benchmark: {i2t, t2i} or {top1}}, so that `dvc exp show` and `dvc metrics diff` lead with results
+(docs/pipeline.md, "Reading a run"). Every `evaluate.extra_models` path must be under --extra-models (a dep).
 """
 import csv
 import time
@@ -18,16 +18,12 @@ from fixclip.eval.encode import CachedEncoder
 from fixclip.eval.run import evaluate_all, headline, plot_rows
 from fixclip.model_folder import WITHOUT_PROMPTS, load_base, load_model_folder
 from fixclip.train.distributed import pick_device
-from pipeline.benchmarks import DEV, DEV_TOY_DIR, TOY_DIR, dev_entries, load_benchmark
+from pipeline.benchmarks import DEV, dev_entries, load_benchmark
 from core.outputs import write_json
-from pipeline.params import ParamsError, exit_on_params_error, load_params
+from pipeline.params import PARAMS_FILE, ParamsError, exit_on_params_error, load_params
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import BaseModelParams
-
-METRICS = Path("metrics/eval.json")
-RESULTS = Path("metrics/results.json")
-DEV_METRICS = Path("metrics/eval_dev.json")
-PLOTS = Path("plots/eval")
+from pipeline.stage_args import stage_paths
 
 
 def eval_device(preference: str) -> torch.device:
@@ -67,9 +63,18 @@ def results_of(results: dict) -> dict:
             for benchmark, per_model in results.items()}
 
 
-def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, metrics_path: Path = METRICS,
-        plots_dir: Path = PLOTS, dev_toy_dir: Path = DEV_TOY_DIR, dev_metrics_path: Path = DEV_METRICS,
-        results_path: Path = RESULTS) -> dict:
+def check_extra_models(params: EvaluateParams, folder: Path) -> None:
+    """Every extra model lies under ``folder``, the one DVC tracks as a dep of this stage (else a change to it
+    would not rerun evaluate)."""
+    outside = [f"evaluate.extra_models.{i}.path: {extra.path!r} is not under {folder.as_posix()}/ (the folder DVC "
+               "tracks as a dep of evaluate; copy or link the checkpoint there)"
+               for i, extra in enumerate(params.extra_models) if folder not in Path(extra.path).parents]
+    if outside:
+        raise ParamsError.invalid(PARAMS_FILE, outside)
+
+
+def run(params: EvaluateParams, base: BaseModelParams, *, toy_dir: Path, dev_toy_dir: Path, metrics_path: Path,
+        dev_metrics_path: Path, results_path: Path, plots_dir: Path) -> dict:
     """Evaluate every model on every benchmark (and the toy ones on the development split), write metrics and
     plots; returns the test split's results."""
     device = eval_device(params.device)
@@ -91,8 +96,12 @@ def run(params: EvaluateParams, base: BaseModelParams, toy_dir: Path = TOY_DIR, 
 
 
 def main() -> None:
+    args = stage_paths("evaluate", "toy_benchmark", "toy_benchmark_dev", "extra_models", "plots", "metrics",
+                       "dev_metrics", "results")
     params = load_params()
-    run(params.evaluate, params.train.base_model)
+    check_extra_models(params.evaluate, args.extra_models)
+    run(params.evaluate, params.train.base_model, toy_dir=args.toy_benchmark, dev_toy_dir=args.toy_benchmark_dev,
+        metrics_path=args.metrics, dev_metrics_path=args.dev_metrics, results_path=args.results, plots_dir=args.plots)
 
 
 if __name__ == "__main__":

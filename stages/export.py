@@ -1,4 +1,4 @@
-"""DVC stage `export`: models/fixclip -> models/export/open_clip + models/export/transformers + metrics/export.json.
+"""DVC stage `export`: `export.model` -> --out/open_clip + --out/transformers + --metrics.
 
 Each folder also gets README.md, a model card generated from the run's params and metrics (fixclip/export/model_card).
 
@@ -8,7 +8,7 @@ Holistic CLIP's multi-branch image tower) is not exported: its folder holds only
 which metrics/export.json repeats, and the other methods' pipeline runs on.
 
 A model with regional prompts is exported without them (fixclip/export): each folder's config and
-metrics/export.json say so under `contents`, with the R@1 / top-1 of both forms from metrics/eval.json when the
+--metrics say so under `contents`, with the R@1 / top-1 of both forms from --eval-metrics (evaluate's) when the
 evaluate stage scored this very model folder.
 """
 import json
@@ -26,10 +26,8 @@ from fixclip.model_folder import MODEL_CONFIG, WITHOUT_PROMPTS, load_model_folde
 from core.outputs import write_bytes, write_json
 from pipeline.params import PARAMS_FILE, Params, ParamsError, exit_on_params_error, load_params
 from pipeline.params.export import ExportParams
+from pipeline.stage_args import stage_paths
 
-OUT = Path("models/export")
-METRICS = Path("metrics/export.json")
-EVAL_METRICS = Path("metrics/eval.json")
 FORMS = {"with_prompts": "trained", "without_prompts": WITHOUT_PROMPTS}  # contents' names: evaluate's rows
 NOT_EXPORTED = "NOT_EXPORTED.txt"
 CARD = "README.md"
@@ -89,14 +87,15 @@ def _facts_of(model, held: dict, results: dict | None, facts: RunFacts) -> RunFa
                    exported_row="trained" if model.prompts is None else WITHOUT_PROMPTS)
 
 
-def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, evaluated: bool = False,
-        eval_metrics: Path = EVAL_METRICS, facts: RunFacts | None = None) -> dict:
+def run(params: ExportParams, out: Path, metrics_path: Path, eval_metrics: Path | None = None,
+        facts: RunFacts | None = None) -> dict:
+    """Export ``params.model`` into ``out``; ``eval_metrics``: evaluate's scores, when it scored this model folder."""
     config = Path(params.model) / MODEL_CONFIG
     if not config.is_file():
         raise ParamsError.invalid(PARAMS_FILE, [f"export.model: no {MODEL_CONFIG} in {params.model!r} (not a model "
                                                 "folder written by the train stage)"])
     model = load_model_folder(params.model)
-    results = json.loads(eval_metrics.read_text()) if evaluated and eval_metrics.is_file() else None
+    results = json.loads(eval_metrics.read_text()) if eval_metrics is not None and eval_metrics.is_file() else None
     held = contents(model, results)
     if facts is not None:
         facts = _facts_of(model, held, results, facts)
@@ -121,10 +120,11 @@ def run(params: ExportParams, out: Path = OUT, metrics_path: Path = METRICS, eva
 
 
 def main() -> None:
+    args = stage_paths("export", "eval_metrics", "out", "metrics")
     params = load_params()
     evaluated = params.evaluate.trained_model is not None and (
         Path(params.evaluate.trained_model).resolve() == Path(params.export.model).resolve())
-    run(params.export, evaluated=evaluated, facts=run_facts(params))
+    run(params.export, args.out, args.metrics, args.eval_metrics if evaluated else None, run_facts(params))
 
 
 if __name__ == "__main__":

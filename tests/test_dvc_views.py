@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.paths import resolve
 from tests.conftest import REPO
 
 DVC = Path(sys.executable).parent / "dvc"
@@ -32,7 +33,8 @@ def workspace(tmp_path_factory):
     declares them all), the committed metrics, and two experiments saved with other results."""
     root = tmp_path_factory.mktemp("views")
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
-    metrics = [next(iter(m)) if isinstance(m, dict) else m for stage in stages for m in stage.get("metrics", [])]
+    metrics = [resolve(next(iter(m)) if isinstance(m, dict) else m)
+               for stage in stages for m in stage.get("metrics", [])]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"run": {
         "cmd": "true", "params": sorted({p for s in stages for p in s.get("params", []) if isinstance(p, str)}),
         "metrics": [{m: {"cache": False}} for m in metrics]}}}))
@@ -66,7 +68,7 @@ def test_the_documented_exp_show_fits_120_columns_with_the_results_first(workspa
 def test_bench_timings_are_not_run_metrics():
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert "metrics" not in declared  # top-level metrics: only the stages' own
-    files = [next(iter(m)) if isinstance(m, dict) else m for s in declared["stages"].values()
+    files = [resolve(next(iter(m)) if isinstance(m, dict) else m) for s in declared["stages"].values()
              for m in s.get("metrics", [])]
     assert "metrics/results.json" in files and not any(f.startswith("bench/") for f in files)
 

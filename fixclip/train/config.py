@@ -32,13 +32,14 @@ class BaseModelConfig(StrictConfig):
 
 
 class DistributedConfig(StrictConfig):
-    """Distributor local only: processes per node and nodes. One node: the stage starts torchrun itself when nproc_per_node > 1. Several
-    nodes: start `torchrun --nnodes N ... -m stages.train` on every node (the stage then uses torchrun's values)."""
+    """Distributor local only: processes per node and nodes. One node: the stage starts torchrun itself when
+    nproc_per_node > 1. Several nodes: start `torchrun --nnodes N ... -m stages.train <its paths>` on every node (the
+    stage then uses torchrun's values)."""
 
     nproc_per_node: int = Field(1, ge=1)
     """> 1: the stage relaunches itself under torchrun --standalone"""
     nnodes: int = Field(1, ge=1)
-    """> 1: start `torchrun --nnodes N ... -m stages.train` on every node yourself"""
+    """> 1: start `torchrun --nnodes N ... -m stages.train <its paths>` on every node yourself"""
 
 
 class RayTrainConfig(StrictConfig):

@@ -77,7 +77,8 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def torchrun_command(module: str, nproc_per_node: int) -> list[str]:
-    """Re-launch ``python -m module`` under torchrun on this machine alone (single node, free rendezvous port)."""
+def torchrun_command(module: str, nproc_per_node: int, args: list[str]) -> list[str]:
+    """Re-launch ``python -m module args`` under torchrun on this machine alone (single node, free rendezvous
+    port)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-            "-m", module]
+            "-m", module, *args]

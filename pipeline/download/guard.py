@@ -23,7 +23,6 @@ from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
 
 REFUSED = "refused by the download guard"
-TOY_WORLD = "data/toyworld"  # always an allowed file root: the toy world's images (stage source)
 
 _V4 = [(ipaddress.ip_network(net), why) for net, why in [
     ("0.0.0.0/8", "unspecified"), ("10.0.0.0/8", "private"), ("100.64.0.0/10", "shared (carrier-grade NAT)"),
@@ -79,7 +78,7 @@ def refusal(address: str, allow: tuple = ()) -> str | None:
 @dataclass(frozen=True)
 class Policy:
     """What a download may open beyond public http(s) addresses: `networks` (CIDR strings) and file `roots`
-    (absolute paths); `repo` is the folder relative `file:` URLs and the toy world are under."""
+    (absolute paths); `repo` is the folder relative `file:` URLs are under."""
 
     repo: str
     networks: tuple[str, ...] = ()
@@ -88,7 +87,7 @@ class Policy:
     @classmethod
     def from_params(cls, repo: Path, networks: list[str], roots: list[str]) -> "Policy":
         repo = Path(repo).resolve()
-        return cls(str(repo), tuple(networks), tuple(str((repo / root).resolve()) for root in [TOY_WORLD, *roots]))
+        return cls(str(repo), tuple(networks), tuple(str((repo / root).resolve()) for root in roots))
 
 
 class Guard:

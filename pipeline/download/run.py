@@ -158,14 +158,17 @@ def summarise(out_dir: Path, url_count: int, seconds: float, runs: list[dict]) -
     return summary
 
 
-def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Path(".")) -> dict:
-    """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting."""
+def run(params: DownloadParams, urls_path: Path, out_dir: Path, root: Path = Path("."),
+        toy_world: Path | None = None) -> dict:
+    """Download every URL of urls_path into out_dir (webdataset shards); returns the accounting. Files may be opened
+    under `download.allow_file_roots` and `toy_world` (the source stage's images; relative to `root`)."""
     import img2dataset  # see img2dataset_options
 
     from pipeline.download.worker import guarded_downloads
 
     options = img2dataset_options(params)
-    policy = Policy.from_params(root, params.allow_networks, params.allow_file_roots)
+    policy = Policy.from_params(root, params.allow_networks,
+                                [*([toy_world] if toy_world else []), *params.allow_file_roots])
     runner = contextlib.nullcontext() if params.distributor == "pyspark" else job_runner(
         "download.distributor", params.distributor, params.processes_count, isolate=True, max_tasks_per_child=5,
         rerun="rerun to resume from the finished shards")

@@ -50,9 +50,6 @@ class ToyBenchmarkParams(Section):
         return self.with_(seed=self.dev_seed, dev_seed=self.seed)
 
 
-EXTRA_MODELS_DIR = "models/extra"  # a dep of the evaluate stage: extra checkpoints live (or are linked) here
-
-
 class ExtraModel(Section):
     """A checkpoint scored beside base and trained: any format `fixclip.load` reads (OpenAI archive, open_clip hub
     folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours)."""
@@ -63,12 +60,9 @@ class ExtraModel(Section):
     """The checkpoint, under models/extra/ (the folder DVC tracks as a dep of evaluate)."""
 
     @model_validator(mode="after")
-    def _under_the_tracked_folder(self):
+    def _name_free_and_path_found(self):
         if self.name in ("base", "trained"):
             raise ValueError(f"name: {self.name!r} is taken by the base or the trained model")
-        if not Path(self.path).as_posix().startswith(EXTRA_MODELS_DIR + "/"):
-            raise ValueError(f"path: {self.path!r} is not under {EXTRA_MODELS_DIR}/ (the folder DVC tracks as a dep "
-                             f"of evaluate; copy or link the checkpoint there)")
         if not Path(self.path).exists():
             raise ValueError(f"path: not found: {self.path!r}")
         return self

@@ -22,6 +22,7 @@ def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
     from pipeline.params.caption import CaptionParams
     from pipeline.params.download import DownloadParams
     from pipeline.params.train import TrainParams
+    from fixclip.train.config import RunDirs
     from stages.train import train_on_ray
 
     stages = {
@@ -31,7 +32,7 @@ def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
                                            tmp_path / "metrics.json", tmp_path / "logs"),
         "shard": lambda: writer.run(ShardParams(distributor="ray"), tmp_path / "raw", tmp_path / "captions",
                                     tmp_path / "shards"),
-        "train": lambda: train_on_ray(TrainParams(distributor="ray")),
+        "train": lambda: train_on_ray(TrainParams(distributor="ray"), RunDirs(tmp_path / "m", tmp_path / "c")),
     }
     for stage, start in stages.items():
         with pytest.raises(UserError, match=rf"^{stage}.distributor: ray is not installed \(pip install -e "

@@ -1,21 +1,24 @@
 """A stage that runs out of disk stops with one line naming where, leaves no temporary or metrics file behind, and
 its rerun after space is freed completes (docs/pipeline.md, "When a stage fails"). The disk is a small tmpfs over
 data/ in a mount namespace of the test's own (unshare -rm: no root needed, nothing mounted outside it)."""
+import shlex
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from pipeline.paths import stage_command
+
 SCRIPT = """
 set -u
 mount -t tmpfs -o size=4m tmpfs data
 head -c 3600000 /dev/zero > data/ballast
-{python} -m stages.source 2> first.err; echo $? > first.rc
+{source} 2> first.err; echo $? > first.rc
 find data -name '*.tmp' > first.tmp
 ls metrics > first.metrics
 rm data/ballast
-{python} -m stages.source 2> second.err; echo $? > second.rc
+{source} 2> second.err; echo $? > second.rc
 {python} -c "import pyarrow.parquet as pq; print(pq.read_metadata('data/urls.parquet').num_rows)" > second.rows
 """
 
@@ -28,7 +31,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_completes(rep
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo_copy / "data").mkdir(exist_ok=True)
     (repo_copy / "metrics").mkdir(exist_ok=True)
-    subprocess.run(["unshare", "-rm", "sh", "-c", SCRIPT.format(python=sys.executable)], cwd=repo_copy, check=True,
+    subprocess.run(["unshare", "-rm", "sh", "-c", SCRIPT.format(python=sys.executable, source=shlex.join(stage_command("source")))], cwd=repo_copy, check=True,
                    timeout=300)
 
     def read(name: str) -> str:

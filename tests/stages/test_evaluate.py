@@ -17,7 +17,7 @@ from pipeline.params.download import DownloadParams
 from pipeline.params.source import ToyWorldParams
 from pipeline.toyworld.benchmark import generate
 from pipeline.params.train import BaseModelParams
-from stages.evaluate import run
+from stages.evaluate import check_extra_models, run
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG, BASE_WEIGHTS = REPO / "assets/base_clip/model.json", REPO / "assets/base_clip/weights.pt"
@@ -93,8 +93,9 @@ def test_cuda_without_a_gpu_fails_before_any_work(tmp_path):
     params = EvaluateParams.model_validate({"toy": SMALL_TOY.model_dump(), "device": "cuda", "trained_model": None})
     base = BaseModelParams(config=str(BASE_CONFIG), weights=str(BASE_WEIGHTS))
     with pytest.raises(ParamsError, match="evaluate.device"):
-        run(params, base, toy_dir=tmp_path / "toy", metrics_path=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
-            results_path=tmp_path / "results.json")
+        run(params, base, toy_dir=tmp_path / "toy", dev_toy_dir=tmp_path / "toy_dev",
+            metrics_path=tmp_path / "eval.json", dev_metrics_path=tmp_path / "eval_dev.json",
+            results_path=tmp_path / "results.json", plots_dir=tmp_path / "plots")
     assert not any(tmp_path.iterdir())
 
 
@@ -146,7 +147,6 @@ def test_a_model_with_prompts_is_also_scored_without_them(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"name": "x", "path": "elsewhere/ViT-B-16.pt"}, "not under models/extra/"),
     ({"name": "x", "path": "models/extra/none.pt"}, "path: not found"),
     ({"name": "trained", "path": "models/extra/README.md"}, "taken by the base or the trained model"),
 ])
@@ -154,3 +154,13 @@ def test_extra_models_are_refused_naming_the_key(extra, message, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ValidationError, match=message):
         EvaluateParams.model_validate({"extra_models": [extra]})
+
+
+def test_an_extra_model_outside_the_tracked_folder_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    extra = tmp_path / "elsewhere/ViT-B-16.pt"
+    extra.write_bytes(b"")
+    params = EvaluateParams.model_validate({"extra_models": [{"name": "x", "path": str(extra)}]})
+    with pytest.raises(ParamsError, match=r"evaluate\.extra_models\.0\.path: .* is not under models/extra/"):
+        check_extra_models(params, Path("models/extra"))
+    check_extra_models(params, tmp_path / "elsewhere")  # under the folder given: accepted

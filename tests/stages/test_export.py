@@ -32,7 +32,7 @@ def test_fixclip_model_is_exported_in_both_formats_saying_what_they_hold(tmp_pat
     (tmp_path / "eval.json").write_text(json.dumps({
         "toy_long": {"base": row, "trained": row, "trained_without_prompts": {"i2t_R@1": 30.0, "t2i_R@1": 31.0}},
         "toy_zeroshot": {"base": {"top1": 90.0}, "trained": {"top1": 80.0}, "trained_without_prompts": {"top1": 85.0}}}))
-    metrics = run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json", evaluated=True,
+    metrics = run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json",
                   eval_metrics=tmp_path / "eval.json")
     for name in ("open_clip", "transformers"):
         assert metrics[name]["max_abs_difference"] <= metrics["atol"] and metrics[name]["bytes"] > 0
@@ -64,7 +64,7 @@ def test_each_export_carries_a_model_card_with_the_hub_s_header_and_the_run_s_sc
                                 "trained_without_prompts": {"top1": 91.9}}}
     (tmp_path / "eval.json").write_text(json.dumps(results))
     facts = run_facts(load_params(REPO / "params.yaml"))
-    run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json", evaluated=True,
+    run(ExportParams(model=str(folder)), tmp_path / "export", tmp_path / "export.json",
         eval_metrics=tmp_path / "eval.json", facts=facts)
     for name, library in (("open_clip", "open_clip"), ("transformers", "transformers")):
         card = (tmp_path / "export" / name / CARD).read_text()

@@ -16,6 +16,7 @@ import yaml
 from fixclip.model_folder import WEIGHTS
 from fixclip.train import checkpoints as ckpt
 from fixclip.train import ray_trainer
+from pipeline.paths import stage_command
 from tests.conftest import REPO, full_params, stage_env
 from tests.fixclip.train.test_data import tiny_run, train_command, write_train_shards
 
@@ -107,7 +108,7 @@ def test_unreachable_address_fails_within_a_minute_in_one_line_naming_the_key(tm
     env = {**stage_env(), "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     started = time.monotonic()
-    stage = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,
+    stage = subprocess.run(stage_command("train"), cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=120)
     assert time.monotonic() - started < 60
     assert stage.returncode == 2 and "Traceback" not in stage.stderr, stage.stderr[-3000:]

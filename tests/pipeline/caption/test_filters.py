@@ -1,6 +1,5 @@
 """Caption filters, params validation, and the deterministic prompt/seed choice (no server needed)."""
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,6 +11,7 @@ from pipeline.caption.client import (
 from pipeline.caption.filters import CaptionFilter, repetition_ratio
 from pipeline.params import ParamsError, parse_params
 from pipeline.params.caption import CaptionParams, Filters
+from pipeline.paths import stage_command
 from tests.conftest import REPO, stage_env
 
 KEYS = [f"{i:09d}" for i in range(200)]
@@ -140,7 +140,7 @@ def test_caption_stage_fails_before_work_on_too_many_captions(tmp_path):
     raw["caption"]["captions_per_image"] = len(raw["caption"]["prompts"]) + 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = stage_env() | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stages.caption"], cwd=tmp_path, env=env, capture_output=True,
+    proc = subprocess.run(stage_command("caption"), cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "caption.captions_per_image:" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

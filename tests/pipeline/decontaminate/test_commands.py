@@ -9,6 +9,7 @@ import yaml
 from PIL import Image
 
 from pipeline.decontaminate.copies import COPIES
+from pipeline.paths import stage_command
 from tests.conftest import REPO, file_digests, full_params, stage_env
 from tests.pipeline.decontaminate.test_lookup import fingerprints, photo
 
@@ -28,7 +29,7 @@ def test_an_unreadable_benchmark_image_is_named_and_no_fingerprint_written(tmp_p
     (classes / "dog/broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     params = full_params({"evaluate": {"benchmarks": [{"name": "pets", "kind": "imagefolder", "root": str(classes)}]}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = _run(["stages.benchmarks"], tmp_path)
+    result = _run(stage_command("benchmarks")[2:], tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {classes / 'dog/broken.jpg'}: benchmark image cannot "
@@ -45,7 +46,7 @@ def test_the_stage_fingerprints_each_distinct_image_once_and_counts_per_benchmar
     entry = {"kind": "imagefolder", "root": str(classes)}
     params = full_params({"evaluate": {"benchmarks": [{"name": "one", **entry}, {"name": "two", **entry}]}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = _run(["stages.benchmarks"], tmp_path)
+    result = _run(stage_command("benchmarks")[2:], tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = yaml.safe_load((tmp_path / "metrics/benchmarks.json").read_text())
     assert metrics == {"images": 2, "images_per_benchmark": {"one": 2, "two": 2}}
@@ -104,7 +105,7 @@ def test_two_fingerprint_builds_give_the_same_bytes(tmp_path):
         folder.mkdir(parents=True)
         (folder / "params.yaml").write_text(params)
         env = {**stage_env(), "PYTHONPATH": str(REPO), **threads}
-        result = subprocess.run([sys.executable, "-m", "stages.benchmarks"], cwd=folder, env=env,
+        result = subprocess.run(stage_command("benchmarks"), cwd=folder, env=env,
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         digests.append({name: file_digests(folder / "data" / name)

@@ -6,6 +6,7 @@ answers reach a stub socket factory that fails the test instead of connecting.
 import ipaddress
 import socket
 import urllib.error
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -134,7 +135,8 @@ def _download(tmp_path, urls: list[str], name: str, **opened) -> tuple[dict, pd.
     pd.DataFrame({"url": urls, "uid": [f"u{i}" for i in range(len(urls))],
                   "alt_text": ["x"] * len(urls)}).to_parquet(path, index=False)
     params = DownloadParams(image_size=32, timeout=5, processes_count=1, thread_count=2, **opened)
-    summary = download_run.run(params, path, tmp_path / name, root=tmp_path / "repo")
+    summary = download_run.run(params, path, tmp_path / name, root=tmp_path / "repo",
+                               toy_world=Path("data/toyworld"))
     records = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / name).glob("*.parquet")))
     return summary, records
 

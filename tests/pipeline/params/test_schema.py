@@ -1,13 +1,13 @@
 """params.yaml is validated in full, before any work, with errors that name the key."""
 import copy
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from pipeline.params import Params, ParamsError, load_params, missing_keys, parse_params
 from pipeline.params.section import Section
+from pipeline.paths import stage_command
 from tests.conftest import REPO, stage_env
 
 
@@ -132,7 +132,7 @@ def test_stage_fails_before_work_on_bad_params(tmp_path, stage, edit, message):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = stage_env()
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
+    proc = subprocess.run(stage_command(stage), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
