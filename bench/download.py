@@ -23,6 +23,7 @@ from bench.report import emit  # noqa: E402
 from pipeline.toyworld import scenes  # noqa: E402
 from pipeline.download.run import resolve_file_urls  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.paths import pipeline_paths, stage_command  # noqa: E402
 
 
 def cli_command(params, urls: Path, out: Path) -> list[str]:
@@ -58,15 +59,16 @@ def main() -> None:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
         work = Path(tmp)
-        urls = scenes.generate(world, work / "data/toyworld")
-        (work / "data").mkdir(exist_ok=True)
-        urls.to_parquet(work / "data/urls.parquet", index=False)
+        paths = pipeline_paths()
+        urls = scenes.generate(world, work / paths["toyworld"])
+        (work / paths["urls"]).parent.mkdir(parents=True, exist_ok=True)
+        urls.to_parquet(work / paths["urls"], index=False)
         absolute = urls.assign(url=resolve_file_urls(urls["url"], work))
         absolute.to_parquet(work / "urls_absolute.parquet", index=False)
         (work / "params.yaml").write_text((REPO / "params.yaml").read_text())
 
         runs = {
-            "stage": ([sys.executable, "-m", "stages.download"], work / "data/raw"),
+            "stage": (stage_command("download"), work / paths["raw"]),
             "cli": (cli_command(params.download, work / "urls_absolute.parquet", work / "cli_out"), work / "cli_out"),
         }
         seconds = {"stage": [], "cli": []}

@@ -2,9 +2,9 @@
 
     python -m pipeline.gallery [--out gallery/index.html] [--per-group 24] [--seed 0]
 
-Built from a run's outputs (data/urls.parquet, data/raw, data/captions, data/shards, metrics/): every URL's and
-image's fate with counts that must add up, a seeded sample of each split as training reads it (image, long
-caption, short text, shard), on the toy world each caption's errors against its scene and the caption stage's
+Built from a run's outputs (URL list, downloads, captions, shards, caption metrics: where dvc.yaml's `paths` puts
+them, pipeline/paths.py): every URL's and image's fate with counts that must add up, a seeded sample of each split
+as training reads it (image, long caption, short text, shard), on the toy world each caption's errors against its scene and the caption stage's
 per-attribute accuracy, every dropped image by reason (at most --per-group of each, sampled) and each benchmark copy
 beside the benchmark image it matched. Images are inline thumbnails: the page fetches nothing and has no script.
 docs/pipeline.md, "Reading a run".
@@ -20,11 +20,10 @@ import pandas as pd
 
 from core.cli import ArgumentParser, UserError, user_errors
 from core.image_files import UNDECODABLE, png_data_url
+from pipeline.paths import pipeline_paths
 from pipeline.toyworld.captions import ATTRIBUTES, cell_name, judge_caption
 
 DEFAULT_OUT = Path("gallery/index.html")
-URLS, RAW, CAPTIONS, SHARDS = Path("data/urls.parquet"), Path("data/raw"), Path("data/captions"), Path("data/shards")
-METRICS = Path("metrics")
 SPLITS = ("train", "val")
 THUMBNAIL_SIDE = 128
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:80em} table{border-collapse:collapse} "
@@ -129,14 +128,15 @@ def fates_section(urls: int, raw: pd.DataFrame, index: pd.DataFrame) -> tuple[st
             {"urls": urls, **counts, "adds_up": adds_up})
 
 
-def quality_section(metrics: Path) -> str:
-    path = metrics / "caption.json"
+def quality_section(root: Path, metrics: str) -> str:
+    """The caption stage's accuracy per attribute, from its metrics file ``metrics`` of the run in ``root``."""
+    path = root / metrics
     quality = json.loads(path.read_text()).get("quality") if path.is_file() else None
     if not quality:
         return ""
     rows = [(k, f"{v:.3f}") for k, v in quality.items() if k != "captions"]
     return ("<h2>Caption accuracy against the toy world's scenes</h2>"
-            f"<p>{quality['captions']} captions (metrics/caption.json; docs/pipeline.md, \"Captioning with an "
+            f"<p>{quality['captions']} captions ({html.escape(metrics)}; docs/pipeline.md, \"Captioning with an "
             "MLLM\").</p>" + _table(rows, ("attribute", "share right")))
 
 
@@ -203,16 +203,18 @@ def failures_section(raw: pd.DataFrame, size: int, seed: int) -> str:
 
 def build(root: Path, size: int, seed: int) -> tuple[str, dict]:
     """The page of the run in ``root`` and its fate counts."""
-    urls = len(pd.read_parquet(_needed(root / URLS), columns=["url"]))
-    raw = _read_parquets(_needed(root / RAW))
-    index = pd.read_parquet(_needed(root / SHARDS / "index.parquet"))
-    captions = _read_parquets(_needed(root / CAPTIONS))
+    paths = pipeline_paths()
+    raw_dir, shards = root / paths["raw"], root / paths["shards"]
+    urls = len(pd.read_parquet(_needed(root / paths["urls"]), columns=["url"]))
+    raw = _read_parquets(_needed(raw_dir))
+    index = pd.read_parquet(_needed(shards / "index.parquet"))
+    captions = _read_parquets(_needed(root / paths["captions"]))
     tars = TarReader()
     try:
         fates, counts = fates_section(urls, raw, index)
-        body = [fates, quality_section(root / METRICS),
-                *(split_section(s, index, root / SHARDS, tars, size, seed) for s in SPLITS),
-                dropped_section(index, captions, root / RAW, tars, size, seed), failures_section(raw, size, seed)]
+        body = [fates, quality_section(root, paths["metrics"]["caption"]),
+                *(split_section(s, index, shards, tars, size, seed) for s in SPLITS),
+                dropped_section(index, captions, raw_dir, tars, size, seed), failures_section(raw, size, seed)]
     finally:
         tars.close()
     page = "\n".join(["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Gallery</title>',

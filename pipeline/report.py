@@ -1,8 +1,9 @@
 """A readable summary of a run: one line per stage in DAG order, then the evaluation as a Markdown table.
 
-    python -m pipeline.report [--metrics-dir metrics]
+    python -m pipeline.report [--metrics-dir FOLDER]
 
-Reads the plain metrics/*.json files and never calls dvc, so it is fast and works on a copied folder.
+Reads the plain metrics files (where dvc.yaml's `paths.metrics` puts them, or by name in a copied folder) and
+never calls dvc, so it is fast.
 DVC gives the other views:
     dvc metrics show --md metrics/eval.json   every evaluation number (R@5/10, top-5, sizes, seconds) as Markdown
     dvc metrics diff [rev]                    each metric against the last commit (or rev), with the change
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from core.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.caption.filters import STATUSES
+from pipeline.paths import pipeline_paths
 
 CAPTION_FAILURES = [status for status in STATUSES if status != "ok"]
 EVAL_COLUMNS = {"I2T R@1": "i2t_R@1", "T2I R@1": "t2i_R@1", "top-1": "top1"}
@@ -90,11 +92,11 @@ def export_line(m: dict) -> str:
     return f"{', '.join(formats)}  (atol {m['atol']:.0e}); image tower: {m['contents']['image_tower']}"
 
 
-STAGES = {"source": ("source.json", source_line), "download": ("download.json", download_line),
-          "caption": ("caption.json", caption_line), "benchmarks": ("benchmarks.json", benchmarks_line),
-          "shard": ("shard.json", shard_line),
-          "train": ("train.json", train_line), "evaluate": ("eval.json", evaluate_line),
-          "export": ("export.json", export_line)}
+# stage: (its metrics file's name in dvc.yaml's paths.metrics, its line)
+STAGES = {"source": ("source", source_line), "download": ("download", download_line),
+          "caption": ("caption", caption_line), "benchmarks": ("benchmarks", benchmarks_line),
+          "shard": ("shard", shard_line), "train": ("train", train_line), "evaluate": ("eval", evaluate_line),
+          "export": ("export", export_line)}
 
 
 def eval_table(results: dict) -> list[str]:
@@ -107,11 +109,17 @@ def eval_table(results: dict) -> list[str]:
     return lines
 
 
-def report(metrics_dir: Path) -> str:
+def metrics_file(stage: str, metrics_dir: Path | None = None) -> Path:
+    """The stage's metrics file: where dvc.yaml puts it, or its file name in ``metrics_dir``."""
+    path = Path(pipeline_paths()["metrics"][STAGES[stage][0]])
+    return path if metrics_dir is None else Path(metrics_dir) / path.name
+
+
+def report(metrics_dir: Path | None = None) -> str:
     """The stage lines, then the evaluation table if the evaluate stage has run."""
     lines, results = [], None
-    for stage, (filename, describe) in STAGES.items():
-        path = Path(metrics_dir) / filename
+    for stage, (_, describe) in STAGES.items():
+        path = metrics_file(stage, metrics_dir)
         if not path.is_file():
             lines.append(f"{stage}: not run yet")
             continue
@@ -130,7 +138,8 @@ def report(metrics_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     with user_errors():
         parser = ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
-        parser.add_argument("--metrics-dir", type=existing_folder, default="metrics")
+        parser.add_argument("--metrics-dir", type=existing_folder,
+                            help="a folder of metrics files (default: where dvc.yaml puts them)")
         print(report(parser.parse_args(argv).metrics_dir))
 
 

@@ -22,6 +22,7 @@ from core.cli import ArgumentParser, UserError, existing_folder, user_errors
 from pipeline.decontaminate.downloaded import Decontamination
 from pipeline.decontaminate.index import FingerprintError, read
 from pipeline.params import PARAMS_FILE, Params, load_params
+from pipeline.paths import pipeline_paths
 from pipeline.raw_shards import ShardInputError, mapped, read_records, scan_raw_tar, values
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -82,8 +83,8 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=existing_folder, help="a folder of image files (searched recursively)")
     source.add_argument("--raw", type=existing_folder, help="an img2dataset output folder (tars and parquets)")
-    parser.add_argument("--fingerprints", type=Path, default=Path("data/benchmark_fingerprints"),
-                        help="the benchmarks stage's output (default: %(default)s)")
+    parser.add_argument("--fingerprints", type=Path, default=Path(pipeline_paths()["fingerprints"]),
+                        help="the benchmarks stage's output (default: %(default)s, dvc.yaml's)")
     parser.add_argument("--threshold", type=float, help="aligned distance of a copy (default: params.yaml's)")
     parser.add_argument("--resize-mode", help="download.resize_mode of --raw (default: params.yaml's)")
     parser.add_argument("--out", type=Path, help="also write the matches to this CSV")

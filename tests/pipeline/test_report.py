@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.report import STAGES, main, report
+from pipeline.report import main, metrics_file, report
 from tests.conftest import assert_user_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def metrics(**overrides) -> dict:
 
 def write(folder: Path, files: dict) -> Path:
     for stage, content in files.items():
-        (folder / STAGES[stage][0]).write_text(json.dumps(content))
+        metrics_file(stage, folder).write_text(json.dumps(content))
     return folder
 
 
@@ -163,14 +163,14 @@ def test_eval_table_is_markdown_with_a_header(tmp_path):
 
 
 def test_report_on_the_repository_metrics_has_every_stage():
-    folder = REPO / "metrics"
-    out = subprocess.run([sys.executable, "-m", "pipeline.report", "--metrics-dir", str(folder)], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    """Run from the repository without --metrics-dir: the files where dvc.yaml puts them."""
+    out = subprocess.run([sys.executable, "-m", "pipeline.report"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
     for stage in DAG_ORDER:
-        filename, _ = STAGES[stage]
-        assert (stage_line(out, stage) == f"{stage}: not run yet") == (not (folder / filename).is_file())
-    if (folder / "eval.json").is_file():
-        results = json.loads((folder / "eval.json").read_text())
+        path = REPO / metrics_file(stage)
+        assert (stage_line(out, stage) == f"{stage}: not run yet") == (not path.is_file())
+    if (REPO / metrics_file("evaluate")).is_file():
+        results = json.loads((REPO / metrics_file("evaluate")).read_text())
         assert len(table_rows(out)) == sum(len(models) for models in results.values())
 
 
