@@ -22,8 +22,10 @@ def pipeline_paths() -> dict:
 
 def resolve(text: str) -> str:
     """``text`` with each ``${paths.<name>}`` filled in, as DVC fills it in."""
+    paths = pipeline_paths()
+
     def value(match: re.Match) -> str:
-        found = pipeline_paths()
+        found = paths
         for key in match.group(1).split("."):
             found = found[key]
         return found

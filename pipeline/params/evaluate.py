@@ -52,7 +52,8 @@ class ToyBenchmarkParams(Section):
 
 class ExtraModel(Section):
     """A checkpoint scored beside base and trained: any format `fixclip.load` reads (OpenAI archive, open_clip hub
-    folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours)."""
+    folder, transformers CLIPModel folder, Long-CLIP checkpoint, a model folder of ours). The evaluate stage also
+    checks that the path lies under the folder DVC tracks for it (stages/evaluate.py, check_extra_models)."""
 
     name: str = NAME
     """The model's row name in the tables."""
