@@ -39,7 +39,7 @@ class DistributedConfig(StrictConfig):
     nproc_per_node: int = Field(1, ge=1)
     """> 1: the stage relaunches itself under torchrun --standalone"""
     nnodes: int = Field(1, ge=1)
-    """> 1: start `torchrun --nnodes N ... -m stages.train <its paths>` on every node yourself"""
+    """> 1: start `torchrun --nnodes N ... -m stages.train` on every node yourself"""
 
 
 class RayTrainConfig(StrictConfig):
