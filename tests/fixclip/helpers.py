@@ -64,3 +64,14 @@ def ddp_loss_matches_single_process(rank: int, world_size: int, port: int, out_d
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+def fixclip_here(capsys, *args):
+    """`python -m fixclip ARGS` in this process, through the main the entry point calls (a subprocess imports torch
+    and open_clip again: ~17 s on 2 cores); what it wrote, as .out and .err. Each command's tests keep one real
+    subprocess."""
+    from fixclip.__main__ import main
+
+    capsys.readouterr()
+    main([str(a) for a in args])
+    return capsys.readouterr()

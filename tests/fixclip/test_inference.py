@@ -14,6 +14,7 @@ from fixclip.model_folder import save_model_folder
 from tests.conftest import REPO, assert_user_error
 from tests.fixclip.export.conftest import trained_like_model
 from tests.fixclip.export.test_export import TEXTS, _image_files
+from tests.fixclip.helpers import fixclip_here
 from tests.stages.test_evaluate import BASE_CONFIG
 
 
@@ -40,7 +41,7 @@ def test_load_returns_the_model_its_preprocess_and_its_tokenizer(model_folder, t
         assert torch.equal(model.encode_text(tokenizer(TEXTS)), reference.encode_text(tokenizer(TEXTS)))
 
 
-def test_cli_embed_and_score_agree(model_folder, tmp_path):
+def test_cli_embed_and_score_agree(model_folder, tmp_path, capsys):
     images = _image_files(tmp_path)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n\n")  # a blank line is not a text
@@ -51,7 +52,7 @@ def test_cli_embed_and_score_agree(model_folder, tmp_path):
     assert list(saved["texts"]) == TEXTS
     np.testing.assert_allclose(np.linalg.norm(saved["text_embeddings"], axis=1), 1.0, atol=1e-5)
 
-    table = _cli("score", model_folder, "--images", *images, "--texts", texts).stdout.splitlines()
+    table = fixclip_here(capsys, "score", model_folder, "--images", *images, "--texts", texts).out.splitlines()
     assert table[0].split("\t") == ["image", *TEXTS]
     scores = np.array([[float(v) for v in row.split("\t")[1:]] for row in table[1:]])
     np.testing.assert_allclose(scores, saved["image_embeddings"] @ saved["text_embeddings"].T, atol=1e-4)
@@ -66,31 +67,32 @@ def test_cli_user_error_is_one_line_exit_2_without_traceback(model_folder, tmp_p
                                      "no such file or folder")
 
 
-def test_cli_images_takes_a_folder(model_folder, tmp_path):
+def test_cli_images_takes_a_folder(model_folder, tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     images = _image_files(tmp_path / "folder")
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n")
-    by_folder = _cli("score", model_folder, "--images", tmp_path / "folder", "--texts", texts).stdout
-    by_files = _cli("score", model_folder, "--images", *images, "--texts", texts).stdout
+    by_folder = fixclip_here(capsys, "score", model_folder, "--images", tmp_path / "folder", "--texts", texts).out
+    by_files = fixclip_here(capsys, "score", model_folder, "--images", *images, "--texts", texts).out
     assert by_folder == by_files and len(by_folder.splitlines()) == 1 + len(images)
 
 
-def test_cli_says_which_texts_it_cuts_at_the_context(model_folder, tmp_path):
+def test_cli_says_which_texts_it_cuts_at_the_context(model_folder, tmp_path, capsys):
     """Two texts equal up to token ~260 score the same: the CLI says the model read them only in part."""
     long_text = " and ".join(TEXTS[1:2] * 20)
     texts = tmp_path / "texts.txt"
     texts.write_text(f"a red circle\n{long_text}\n{long_text} and a green star\n")
-    result = _cli("score", model_folder, "--images", *_image_files(tmp_path), "--texts", texts)
-    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    result = fixclip_here(capsys, "score", model_folder, "--images", *_image_files(tmp_path), "--texts", texts)
+    warning = [line for line in result.err.splitlines() if line.startswith("warning:")]
     tokens = len(fixclip.load(model_folder)[2].encode(long_text)) + 2
-    assert len(warning) == 1 and "reads 248 tokens" in warning[0], result.stderr
+    assert len(warning) == 1 and "reads 248 tokens" in warning[0], result.err
     assert f"text 2 has {tokens} tokens" in warning[0] and "text 3 has" in warning[0] and "text 1 " not in warning[0]
-    scores = np.array([[float(v) for v in row.split("\t")[1:]] for row in result.stdout.splitlines()[1:]])
+    scores = np.array([[float(v) for v in row.split("\t")[1:]] for row in result.out.splitlines()[1:]])
     np.testing.assert_array_equal(scores[:, 1], scores[:, 2])  # what the warning is about
     short = tmp_path / "short.txt"
     short.write_text("a red circle\n")
-    assert "warning" not in _cli("score", model_folder, "--images", *_image_files(tmp_path), "--texts", short).stderr
+    assert "warning" not in fixclip_here(capsys, "score", model_folder, "--images", *_image_files(tmp_path), "--texts",
+                                  short).err
 
 
 def test_cli_help_imports_neither_torch_nor_open_clip():

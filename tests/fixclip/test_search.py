@@ -13,6 +13,7 @@ from tests.browser import console_messages, drawn_share, need_chromium, outside_
 from tests.conftest import REPO, assert_user_error
 from tests.fixclip.export.conftest import trained_like_model
 from tests.fixclip.export.test_export import _image_files
+from tests.fixclip.helpers import fixclip_here
 from tests.stages.test_evaluate import BASE_CONFIG
 
 QUERY = "a small red circle in the upper left cell next to a large blue square"
@@ -40,6 +41,7 @@ def images(tmp_path):
 
 
 def _search(*args, check=True):
+    """The real `python -m fixclip search` (once; the other calls run in this process: fixclip_here)."""
     return subprocess.run([sys.executable, "-m", "fixclip", "search", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, check=check)
 
@@ -50,11 +52,10 @@ def _table(stdout: str) -> list[list[str]]:
     return [line.split("\t") for line in lines[1:]]
 
 
-def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, images):
+def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, images, capsys):
     query = images / "query.txt"
     query.write_text(QUERY + "\n")
-    scored = subprocess.run([sys.executable, "-m", "fixclip", "score", model_folder, "--images", images / "images",
-                             "--texts", query], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    scored = fixclip_here(capsys, "score", model_folder, "--images", images / "images", "--texts", query).out
     expected = sorted(((float(row.split("\t")[1]), row.split("\t")[0]) for row in scored.splitlines()[1:]),
                       reverse=True)[:3]
 
@@ -63,9 +64,10 @@ def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, image
     assert [row[2] for row in from_files] == [name for _, name in expected]
     np.testing.assert_allclose([float(row[1]) for row in from_files], [s for s, _ in expected], atol=1e-4)
 
-    from_shards = _table(_search(model_folder, QUERY, "--images", images / "shards", "--top-k", 3).stdout)
-    both = _table(_search(model_folder, QUERY, "--images", images / "shards", "--images", images / "images",
-                          "--top-k", 6).stdout)
+    from_shards = _table(fixclip_here(capsys, "search", model_folder, QUERY, "--images", images / "shards",
+                                      "--top-k", 3).out)
+    both = _table(fixclip_here(capsys, "search", model_folder, QUERY, "--images", images / "shards", "--images",
+                               images / "images", "--top-k", 6).out)
     assert [row[1] for row in both][::2] == [row[1] for row in from_files]  # each image twice: file and sample
     assert [row[1] for row in from_shards] == [row[1] for row in from_files]
     names = [row[2].rsplit("#", 1)[1] for row in from_shards]
@@ -73,25 +75,25 @@ def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, image
     assert [row[3] for row in from_shards] == [f"caption of {name}" for name in names]
 
 
-def test_search_counts_and_names_what_it_cannot_decode(model_folder, images):
+def test_search_counts_and_names_what_it_cannot_decode(model_folder, images, capsys):
     (images / "images" / "broken.png").write_bytes(b"not an image")
-    result = _search(model_folder, QUERY, "--images", images / "images", "--top-k", 10)
-    assert len(_table(result.stdout)) == len(SIZES)
-    assert "1 images could not be decoded and are not ranked: " in result.stderr and "broken.png" in result.stderr
-    assert f"{len(SIZES)} best of {len(SIZES)} images" in result.stderr
+    result = fixclip_here(capsys, "search", model_folder, QUERY, "--images", images / "images", "--top-k", 10)
+    assert len(_table(result.out)) == len(SIZES)
+    assert "1 images could not be decoded and are not ranked: " in result.err and "broken.png" in result.err
+    assert f"{len(SIZES)} best of {len(SIZES)} images" in result.err
 
 
-def test_a_query_past_the_context_is_announced_and_its_start_searched(model_folder, images):
+def test_a_query_past_the_context_is_announced_and_its_start_searched(model_folder, images, capsys):
     long_query = " and ".join([QUERY] * 20)
-    result = _search(model_folder, long_query, "--images", images / "images", "--top-k", 2)
-    assert "the model reads 248 tokens and drops the rest: the query 1 has" in result.stderr
-    assert len(_table(result.stdout)) == 2
+    result = fixclip_here(capsys, "search", model_folder, long_query, "--images", images / "images", "--top-k", 2)
+    assert "the model reads 248 tokens and drops the rest: the query 1 has" in result.err
+    assert len(_table(result.out)) == 2
 
 
-def test_the_results_page_renders_offline(model_folder, images):
+def test_the_results_page_renders_offline(model_folder, images, capsys):
     need_chromium()
     page = images / "results.html"
-    _search(model_folder, QUERY, "--images", images / "shards", "--top-k", 4, "--html", page)
+    fixclip_here(capsys, "search", model_folder, QUERY, "--images", images / "shards", "--top-k", 4, "--html", page)
     text = page.read_text()
     assert "<script" not in text and text.count("<img ") == 4 and "caption of image_" in text
     assert outside_references(page) == [] and console_messages(page) == []
