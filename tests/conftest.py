@@ -131,7 +131,11 @@ def stage_env() -> dict:
 @pytest.fixture
 def repo_copy(tmp_path):
     """A temporary git repository holding a copy of the project without its data, outputs or dvc.lock."""
-    root = tmp_path / "repo"
+    return copy_project(tmp_path / "repo")
+
+
+def copy_project(root: Path) -> Path:
+    """repo_copy's repository, made at `root` (for fixtures of a wider scope); returns root."""
     skip = ("data/", "metrics/", "models/", "dvc.lock")
     inputs = ("models/extra/", "data/benchmarks/")  # inputs of the DAG (extra models, real benchmark data)
     for name in project_files():

@@ -2,7 +2,9 @@
 import io
 import json
 import os
+import shutil
 import tarfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +12,7 @@ import yaml
 from PIL import Image
 
 from pipeline.caption.filters import STATUSES
-from tests.conftest import REPO, file_digests, run
+from tests.conftest import REPO, copy_project, file_digests, run
 from tests.stage_imports import imported_files, stage_module, stages
 from tests.vllm_fixtures import tiny_captioners  # noqa: F401
 
@@ -88,14 +90,39 @@ def _processes_in(root) -> list[int]:
     return found
 
 
+_FIRST_RUN: dict = {}
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory):
+    """The first `dvc repro` of the DAG test and the local run of the two-node Ray test (tests/test_ray_cluster.py),
+    made once: the shrunk default with two training ranks (torchrun, batch 8 each; Ray Train's two workers take the
+    same steps and batches). Session-scoped, so it runs before the Ray test's cluster starts. Returns {"root": the run's repository, "copy": a copy of it made
+    right after the run, "stdout": repro's output}. The Ray test reruns in "root" (the samples' metadata holds each
+    image's file:// URL, so a comparable run needs the same folder); the DAG test works on "copy". The run is kept
+    in _FIRST_RUN: each module that imports this fixture gets its own instance of it."""
+    if not _FIRST_RUN:
+        root = copy_project(tmp_path_factory.mktemp("first_run") / "repo")
+        _shrink(root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["train"].update(batch_size=8, distributed={"nproc_per_node": 2, "nnodes": 1})
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _commit(root, "two ranks")
+        stdout = run(["dvc", "repro"], root).stdout
+        assert not _processes_in(root)  # no server left behind
+        copy = tmp_path_factory.mktemp("first_run_copy") / "repo"
+        shutil.copytree(root, copy, symlinks=True,  # DVC's own state (locks, hashes by inode) stays with root
+                        ignore=lambda folder, names: ["tmp"] if Path(folder) == root / ".dvc" else [])
+        _FIRST_RUN.update(root=root, copy=copy, stdout=stdout)
+    return _FIRST_RUN
+
+
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM environment (make envs)")
 @pytest.mark.timeout(3600)  # eight pipeline runs on 40 images (11 min alone, 37 min on 2 busy cores); default 900 s
-def test_full_dag_caches_and_reruns_only_what_changed(repo_copy, tiny_captioners):  # noqa: F811
-    _shrink(repo_copy)
-    first = run(["dvc", "repro"], repo_copy)
-    assert _ran(first.stdout) == {"source", "download", "caption", "benchmarks", "shard", "train", "evaluate",
-                                  "export"}
-    assert not _processes_in(repo_copy)  # no server left behind
+def test_full_dag_caches_and_reruns_only_what_changed(first_run, tiny_captioners):  # noqa: F811
+    repo_copy = first_run["copy"]
+    assert _ran(first_run["stdout"]) == {"source", "download", "caption", "benchmarks", "shard", "train", "evaluate",
+                                         "export"}
     download, caption, shard = (_metrics(repo_copy, s) for s in ("download", "caption", "shard"))
     assert download["urls"] == 40 == download["success"] + sum(download["failures"].values())
     assert caption["images"] == download["success"] == shard["raw_images"]

@@ -14,11 +14,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 
 from fixclip.model_folder import WEIGHTS
 from tests.conftest import REPO, file_digests, run, stage_env
-from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _metrics, _processes_in, _ran, _shrink
+from tests.test_dvc_pipeline import VLLM_PYTHON, _commit, _metrics, _processes_in, _ran, first_run  # noqa: F401
 
 pytestmark = pytest.mark.slow
 RAY = REPO / ".venv/bin/ray"
@@ -107,42 +106,37 @@ def _outputs(root) -> dict:
 
 
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM environment (make envs)")
-@pytest.mark.timeout(2400)  # two pipeline runs on 40 images, ~9 min on 2 cores
-def test_whole_dag_on_two_ray_nodes_matches_the_local_run(repo_copy, two_node_cluster, monkeypatch):
+@pytest.mark.timeout(2400)  # the run on the cluster, and first_run if this test comes first (~9 min on 2 cores)
+def test_whole_dag_on_two_ray_nodes_matches_the_local_run(first_run, two_node_cluster, monkeypatch):  # noqa: F811
     address, nodes = two_node_cluster
-    _shrink(repo_copy)
-    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
-    # Two ranks either way (torchrun locally, two Ray Train workers on the cluster): the same steps and batches.
-    params["train"].update(batch_size=8, distributed={"nproc_per_node": 2, "nnodes": 1})
-    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _commit(repo_copy, "two ranks")
-    monkeypatch.delenv("RAY_ADDRESS")  # the local run must not join the cluster
-    run(["dvc", "repro"], repo_copy)
-    local = _outputs(repo_copy)
+    # The local run (two ranks: torchrun locally, two Ray Train workers on the cluster) is the DAG test's first run,
+    # made before the cluster started.
+    root = first_run["root"]
+    local = _outputs(root)
 
     # The same folder (the sample metadata holds each image's file:// URL), from scratch: the persistent outputs
     # (captions, checkpoints) would otherwise be resumed.
     for persistent in ("data/captions", "checkpoints"):
-        shutil.rmtree(repo_copy / persistent)
-    run([sys.executable, "-m", "pipeline.profile", "configs/ray-cluster.yaml"], repo_copy)
-    _commit(repo_copy, "ray cluster profile")
+        shutil.rmtree(root / persistent)
+    run([sys.executable, "-m", "pipeline.profile", "configs/ray-cluster.yaml"], root)
+    _commit(root, "ray cluster profile")
     monkeypatch.setenv("RAY_ADDRESS", address)
-    distributed = run(["dvc", "repro"], repo_copy)
+    distributed = run(["dvc", "repro"], root)
     # No vLLM server (nor its engine) outlives the stage, also one whose worker was stopped while it started up.
-    assert not _processes_in(repo_copy)
+    assert not _processes_in(root)
     # Evaluate and export rerun only if the trained weights differ in a bit (DVC compares the model folder's hash).
     assert {"download", "caption", "shard", "train"} <= _ran(distributed.stdout) <= {
         "download", "caption", "shard", "train", "evaluate", "export"}
 
     both = set(nodes.values())
-    caption = _metrics(repo_copy, "caption")["ray"]
+    caption = _metrics(root, "caption")["ray"]
     assert caption["workers_per_node"] == {node: 1 for node in both}, caption  # one caption worker (1 CPU) a node
-    assert sum(caption["shards_per_node"].values()) == len(list((repo_copy / "data/raw").glob("*.tar")))
-    assert set(_metrics(repo_copy, "shard")["ray"]["tasks_per_node"]) == both
-    train = _metrics(repo_copy, "train")["ray"]
+    assert sum(caption["shards_per_node"].values()) == len(list((root / "data/raw").glob("*.tar")))
+    assert set(_metrics(root, "shard")["ray"]["tasks_per_node"]) == both
+    train = _metrics(root, "train")["ray"]
     assert train["workers_per_node"] == {node: 1 for node in both} and train["restarts"] == 0
 
-    on_cluster = _outputs(repo_copy)
+    on_cluster = _outputs(root)
     for what in ("metrics", "captions", "shards"):
         assert on_cluster[what] == local[what], what
     for name, value in local["weights"].items():  # the DDP test's tolerance
