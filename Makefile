@@ -15,7 +15,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro report plots gallery test envs ablation methods controls deviations bench frontier diffusion
+.PHONY: repro report plots gallery test test-fast envs ablation methods controls deviations bench frontier diffusion
 repro: envs
 	dvc repro
 	python -m pipeline.report
@@ -128,10 +128,15 @@ deviations: repro
 	python -m pipeline.experiments --baseline full --rows full paper-raster-regions paper-fresh-prompts \
 		hfa-main-temperature hfa-no-warmup hfa-all-groups prompt-lr-10x
 
-# pytest exits 5 when it collected no test: that is a failure here, said plainly.
-test: envs
-	python -m pytest $(PYTEST_ARGS); status=$$?; \
+# pytest exits 5 when it collected no test: that is a failure here, said plainly. `make test` runs every test;
+# `make test-fast` only the unit tests that take under ~3 s each (not marked slow or expensive: pyproject.toml),
+# ~2 min on 2 cores (docs/development.md, "Tests and benchmarks").
+pytest = python -m pytest $(1) $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
+test: envs
+	$(call pytest,)
+test-fast: envs
+	$(call pytest,-m "not slow and not expensive")
 
 # Installer for both environments: INSTALLER=uv (default) or INSTALLER=pip (the pip-only recipe used before uv).
 # Their times on a fresh clone: docs/development.md, "Environments".

@@ -165,6 +165,7 @@ def test_bound_follows_the_work(tmp_path):
                 downloaded=True).request.decode_flops < mixed.request.decode_flops
 
 
+@pytest.mark.expensive
 def test_cost_command_prints_each_knob_for_the_paper_profile(capsys):
     """The paper profile's table: one row per knob, GPU-hours = N x bound / utilisation, cheaper knobs below 1.00x."""
     cost_cli.main(["--stage", "caption", "--utilisation", "0.5", "--images-total", "3e7"])

@@ -14,6 +14,8 @@ import yaml
 from pipeline.paths import resolve
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.expensive  # dvc in a temporary repository
+
 DVC = Path(sys.executable).parent / "dvc"
 # As docs/pipeline.md, "Reading a run", gives it (the test checks the docs hold it verbatim).
 EXP_SHOW = "dvc exp show --drop '.*' --keep '^(Experiment|toy_(long|short)\\.(i2t|t2i)|toy_zeroshot\\.top1)$'"

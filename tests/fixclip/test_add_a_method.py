@@ -105,6 +105,7 @@ def test_its_params_section_validates_and_another_methods_is_refused(registered)
         assert f"invalid params: {message}" in _refusal(section)
 
 
+@pytest.mark.expensive
 def test_it_trains_on_the_loop_and_resumes_from_its_checkpoint(registered, tmp_path, shards, capsys):
     cfg, dirs = tiny_run(tmp_path, shards, method="clip", samples=24, checkpoint_every=2)  # 3 steps of 8
     metrics = train(cfg, dirs)

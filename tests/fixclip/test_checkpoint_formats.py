@@ -32,6 +32,8 @@ from fixclip.export.hf_folder import hf_config, hf_state_dict
 from tests.conftest import REPO
 from tests.fixclip.export.conftest import trained_like_model
 
+pytestmark = pytest.mark.expensive  # ViT-B/16 checkpoints in each format
+
 BASE_CONFIG = REPO / "assets/base_clip/model.json"
 VIT_B16 = {"embed_dim": 512, "quick_gelu": True,
            "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 768, "layers": 2, "head_width": 64},

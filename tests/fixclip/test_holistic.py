@@ -192,6 +192,7 @@ def _loss_and_grad(model, inputs, loss_fn):
     return loss.detach(), model.weight.grad.clone()
 
 
+@pytest.mark.expensive
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch():
     make_loss = functools.partial(HolisticLoss, 0.1, -0.5)

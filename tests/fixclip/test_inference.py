@@ -41,6 +41,7 @@ def test_load_returns_the_model_its_preprocess_and_its_tokenizer(model_folder, t
         assert torch.equal(model.encode_text(tokenizer(TEXTS)), reference.encode_text(tokenizer(TEXTS)))
 
 
+@pytest.mark.expensive
 def test_cli_embed_and_score_agree(model_folder, tmp_path, capsys):
     images = _image_files(tmp_path)
     texts = tmp_path / "texts.txt"

@@ -62,6 +62,7 @@ def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, loss_fn: FixCl
     return loss.detach(), model.weight.grad.clone()
 
 
+@pytest.mark.expensive
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_gathered_loss_and_gradients_equal_single_process_on_concatenated_batch():
     make_loss = functools.partial(FixClipLoss, label_smoothing=0.1, hfa_weights=(0.5,))

@@ -143,6 +143,7 @@ def test_from_pretrained_loads_the_committed_base(tmp_path):
     torch.testing.assert_close(model.text_positions(20), state["positional_embedding"][:20].float())
 
 
+@pytest.mark.expensive
 def test_tiny_model_overfits_eight_pairs_under_the_full_loss():
     torch.manual_seed(0)
     model = FixClip(tiny_clip(), FixClipConfig())

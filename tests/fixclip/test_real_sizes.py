@@ -41,6 +41,7 @@ def test_the_paper_profile_modules_fit_the_real_backbone(name, patches, vision_l
         FixClip(build_clip(name), cfg.model_copy(update={"prompt_grid": [17, 2]}))  # more rows than 14 or 16
 
 
+@pytest.mark.expensive
 def test_vit_b16_trains_with_every_module_and_exports_what_it_embeds(tmp_path):
     config = with_2_layers("ViT-B-16")
     cfg = FixClipConfig(prompt_grid=[2, 2], prompt_start_layer=2, hfa_groups=2, hfa_first_group=1,

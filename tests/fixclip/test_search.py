@@ -52,6 +52,7 @@ def _table(stdout: str) -> list[list[str]]:
     return [line.split("\t") for line in lines[1:]]
 
 
+@pytest.mark.expensive
 def test_search_ranks_like_score_and_reads_shards_like_files(model_folder, images, capsys):
     query = images / "query.txt"
     query.write_text(QUERY + "\n")

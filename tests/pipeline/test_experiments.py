@@ -9,6 +9,8 @@ from pipeline.experiments import difference_cell, main, metric_value, spreads
 from tests.conftest import assert_user_error
 from tests.dvc_experiments import experiment_repo
 
+pytestmark = pytest.mark.expensive  # its fixture runs `dvc exp run`s (~20 s)
+
 # Made-up scores that depend on both params (so rows and seeds differ, and paired differences vary with the seed);
 # the dev split's differ from the test split's; a second metrics file as the real DAG has.
 EVALUATE = """import json, os, yaml

@@ -7,6 +7,8 @@ from pipeline.frontier import main, on_front
 from tests.conftest import assert_user_error
 from tests.dvc_experiments import experiment_repo
 
+pytestmark = pytest.mark.expensive  # its fixture runs `dvc exp run`s (~17 s)
+
 # Made-up scores from the params; the base model's are fixed; the dev split's are the test split's less 5.
 EVALUATE = """import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))

@@ -10,6 +10,8 @@ from pipeline.plots import main
 from tests.browser import drawn_share, need_chromium, offline
 from tests.conftest import REPO, assert_user_error
 
+pytestmark = pytest.mark.expensive  # a DVC workspace and a headless browser
+
 DVC = Path(sys.executable).parent / "dvc"
 PLOTS_YAML = """\
 plots:

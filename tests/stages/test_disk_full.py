@@ -23,6 +23,7 @@ rm data/ballast
 """
 
 
+@pytest.mark.expensive
 def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_completes(repo_copy):
     if subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs in a mount namespace of its own here (unshare -rm)")

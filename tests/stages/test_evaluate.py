@@ -43,6 +43,7 @@ def _toy_splits(tmp_path: Path) -> dict:
             "dev_metrics_path": tmp_path / "metrics/eval_dev.json", "results_path": tmp_path / "metrics/results.json"}
 
 
+@pytest.mark.expensive
 def test_stage_writes_base_and_trained_side_by_side(tmp_path):
     cfg = FixClipConfig.plain().with_(stretch=True)
     trained = _save_folder(tmp_path / "models/fixclip", FixClip(load_base(BASE_CONFIG, BASE_WEIGHTS).clip, cfg), cfg)

@@ -1,4 +1,5 @@
 """The evaluation encoder: normalised embeddings in input order, computed once per model and input."""
+import pytest
 import torch
 
 from fixclip.eval.encode import CachedEncoder
@@ -7,6 +8,7 @@ from pipeline.toyworld.benchmark import generate
 from tests.stages.test_evaluate import BASE_CONFIG, BASE_WEIGHTS, DOWNLOAD, SMALL_TOY, WORLD
 
 
+@pytest.mark.expensive
 def test_encoder_caches_per_model_and_keeps_order(tmp_path):
     generate(SMALL_TOY, WORLD, DOWNLOAD, tmp_path)
     paths = sorted((tmp_path / "images").glob("*.jpg"))[:5]

@@ -20,6 +20,8 @@ from fixclip.export.hf_folder import export_transformers
 from fixclip.model import FixClip
 from tests.fixclip.helpers import with_2_layers
 
+pytestmark = pytest.mark.expensive  # Stable Diffusion pipelines at real widths
+
 SENTENCE = "in the top left cell there is a small red circle with a solid fill ."
 PROMPT = " ".join([SENTENCE] * 12)  # ~200 tokens
 LATE_WORD = "red circle with a solid fill . in the top left cell there is a small red circle with a solid fill ."

@@ -84,6 +84,7 @@ def test_open_clip_loads_the_export_and_embeds_like_ours(exported, tmp_path):
     assert not torch.allclose(cut[2:], theirs[1][2:], atol=1e-3)
 
 
+@pytest.mark.expensive
 def test_transformers_loads_the_export_and_embeds_like_ours(exported, tmp_path):
     model, _, folder, differences = exported
     hf = CLIPModel.from_pretrained(folder).eval()
@@ -124,6 +125,7 @@ np.savez(out, images=output.image_embeds.numpy(), texts=output.text_embeds.numpy
 """
 
 
+@pytest.mark.expensive
 def test_a_fresh_process_with_only_transformers_reproduces_our_embeddings(exported, tmp_path):
     model, _, folder, _ = exported
     images = _image_files(tmp_path)

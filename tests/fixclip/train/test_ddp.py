@@ -3,6 +3,7 @@ import csv
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fixclip.train.loop import train
@@ -17,6 +18,7 @@ def _curve(folder, name):
         return [float(row[name]) for row in csv.DictReader(f, delimiter="\t")]
 
 
+@pytest.mark.expensive
 def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     train_dir = write_train_shards(tmp_path / "shards")
     # Masks are drawn per rank, so the masked branch is compared with mask_ratio 0 (its loss is still computed).

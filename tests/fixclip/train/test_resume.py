@@ -45,6 +45,7 @@ def _logged_steps(folder):
         return [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
 
 
+@pytest.mark.expensive
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, train_dir):
     # 12 steps of 8, checkpoints every 3; dual branch, regional prompts and HFA all on (masks are drawn per step).
     killed = tiny_run(tmp_path / "killed", train_dir, num_workers=1)
@@ -67,6 +68,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path, train_dir):
     assert _logged_steps(tmp_path / "killed") == list(range(1, 13))  # each step once, no duplicates after resume
 
 
+@pytest.mark.expensive
 def test_rerun_after_params_change_starts_afresh(tmp_path, train_dir):
     train(*tiny_run(tmp_path, train_dir, samples=48))
     assert ckpt.saved_steps(tmp_path / "checkpoints") == [3]

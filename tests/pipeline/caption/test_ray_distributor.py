@@ -40,6 +40,7 @@ def test_unreachable_address_fails_fast_naming_the_key(tmp_path, monkeypatch, vi
     assert not ray.is_initialized()
 
 
+@pytest.mark.expensive
 def test_gpus_asked_on_a_cpu_only_cluster_fails_naming_the_key(tmp_path):
     ray.init(address="local", num_cpus=1, num_gpus=0, include_dashboard=False)
     try:

@@ -21,6 +21,7 @@ def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.expensive
 def test_an_unreadable_benchmark_image_is_named_and_no_fingerprint_written(tmp_path):
     classes = tmp_path / "data/benchmarks/shapes"
     for name in ("cat", "dog"):
@@ -38,6 +39,7 @@ def test_an_unreadable_benchmark_image_is_named_and_no_fingerprint_written(tmp_p
     assert not (tmp_path / "data/benchmark_fingerprints").exists()
 
 
+@pytest.mark.expensive
 def test_the_stage_fingerprints_each_distinct_image_once_and_counts_per_benchmark(tmp_path):
     classes = tmp_path / "data/benchmarks/shapes"
     for name in ("cat", "rocket"):
@@ -53,6 +55,7 @@ def test_the_stage_fingerprints_each_distinct_image_once_and_counts_per_benchmar
     assert not any((tmp_path / "data/toy_benchmark").iterdir())  # no toy benchmark listed: none rendered
 
 
+@pytest.mark.expensive
 def test_the_checker_lists_copies_of_benchmark_images_in_a_folder(tmp_path):
     names = ["astronaut", "coffee", "rocket"]
     fingerprints(tmp_path / "prints", names, [photo(name) for name in names])
@@ -94,6 +97,7 @@ def test_the_checker_names_a_missing_fingerprint_folder(tmp_path):
                                      f"benchmarks`")
 
 
+@pytest.mark.expensive
 def test_two_fingerprint_builds_give_the_same_bytes(tmp_path):
     """Same params, same bytes: the benchmarks stage run from scratch in two folders (different paths, one with
     OpenCV and OpenMP on one thread) writes identical toy benchmarks and fingerprints."""

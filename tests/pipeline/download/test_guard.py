@@ -141,6 +141,7 @@ def _download(tmp_path, urls: list[str], name: str, **opened) -> tuple[dict, pd.
     return summary, records
 
 
+@pytest.mark.expensive
 def test_loopback_and_stray_files_refused_unless_opened(tmp_path):
     """Real img2dataset, real loopback servers: every spelling of loopback, a redirect to loopback and a file outside
     the allowed roots are refused with class `refused` and no server sees a request; the opening params download

@@ -83,6 +83,7 @@ def _read_shards(out_dir):
     return records, members
 
 
+@pytest.mark.expensive
 def test_every_url_accounted(tmp_path, http_server):
     base, routes = http_server
     expected = _cases(base, routes)
@@ -109,6 +110,7 @@ def test_every_url_accounted(tmp_path, http_server):
             assert download_run.failure_class(row["error_message"]) == failure, row["error_message"]
 
 
+@pytest.mark.expensive
 def test_file_urls_relative_to_the_repo(tmp_path):
     """A relative `file:` URL opens under the repo (an allowed root), and stays relative in the samples' json."""
     (tmp_path / "imgs").mkdir()
@@ -123,6 +125,7 @@ def test_file_urls_relative_to_the_repo(tmp_path):
     assert [json.loads(b)["url"] for n, b in members.items() if n.endswith(".json")] == ["file:imgs/a.png"]
 
 
+@pytest.mark.expensive
 def test_rerun_keeps_finished_shards_and_params_change_starts_over(tmp_path, http_server):
     base, routes = http_server
     routes["/a.jpg"] = (200, "image/jpeg", _encode(_photo(), "JPEG"), 0)
@@ -208,6 +211,7 @@ def test_ray_local_instance(tmp_path, http_server, monkeypatch):
     assert not ray.is_initialized(), "the local instance is stopped afterwards"
 
 
+@pytest.mark.expensive
 def test_same_urls_same_bytes(tmp_path, http_server):
     """Two downloads of one list whose answers come back out of order give the same files (but for the timings,
     which .dvcignore keeps out of the hash): members and rows in key order, no clock in the tars."""
@@ -253,6 +257,7 @@ def test_timings_are_not_in_the_hash():
     assert ignored.stdout.split() == paths[:3]
 
 
+@pytest.mark.expensive
 def test_a_killed_worker_stops_the_stage_and_the_rerun_resumes(tmp_path, http_server, capsys):
     """img2dataset's own pool would wait forever for the shard of a worker killed with SIGKILL; ours fails at once
     (WorkerDied: one line, exit 1), stops img2dataset's logger process, and the rerun downloads what is missing."""

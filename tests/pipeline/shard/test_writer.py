@@ -436,6 +436,7 @@ def run_with_file_limit(folder, soft, hard, workers):
                           env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"})
 
 
+@pytest.mark.expensive
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_shard_may_draw_on_more_raw_shards_than_the_soft_file_limit(tmp_path, workers):
     """120 raw shards feed one shard: 240 open files, past a soft limit of 200 (the stage raises it to fit)."""
@@ -448,6 +449,7 @@ def test_a_shard_may_draw_on_more_raw_shards_than_the_soft_file_limit(tmp_path, 
     assert len(list((tmp_path / "out" / "train").glob("*.tar"))) == 1 and int(done.stdout) >= 100
 
 
+@pytest.mark.expensive
 def test_a_hard_file_limit_too_low_fails_before_any_work_naming_the_key(tmp_path):
     make_one_image_raw_shards(tmp_path, 120)
     done = run_with_file_limit(tmp_path, 200, 200, 2)
