@@ -128,15 +128,20 @@ deviations: repro
 	python -m pipeline.experiments --baseline full --rows full paper-raster-regions paper-fresh-prompts \
 		hfa-main-temperature hfa-no-warmup hfa-all-groups prompt-lr-10x
 
-# pytest exits 5 when it collected no test: that is a failure here, said plainly. `make test` runs every test;
-# `make test-fast` only the unit tests that take under ~3 s each (not marked slow or expensive: pyproject.toml),
-# ~2 min on 2 cores (docs/development.md, "Tests and benchmarks").
-pytest = python -m pytest $(1) $(PYTEST_ARGS); status=$$?; \
-	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
+# `make test` runs every test in two passes: the unit tests in two processes (pytest-xdist), then the slow
+# integration tests one at a time (each uses both cores, and the DAG tests share one pipeline run). PYTEST_ARGS goes
+# to both passes (select by marker with pytest itself: `python -m pytest -m ...`). `make test-fast` runs only the unit
+# tests that take under ~3 s each (not marked slow or expensive: pyproject.toml), ~2 min on 2 cores
+# (docs/development.md, "Tests and benchmarks"). pytest exits 5 when it collected no test: a failure here when neither
+# pass collected any, said plainly.
 test: envs
-	$(call pytest,)
+	python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS); unit=$$?; \
+	python -m pytest -m slow $(PYTEST_ARGS); slow=$$?; \
+	if [ $$unit -eq 5 ] && [ $$slow -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 5; fi; \
+	for status in $$unit $$slow; do if [ $$status -ne 0 ] && [ $$status -ne 5 ]; then exit $$status; fi; done
 test-fast: envs
-	$(call pytest,-m "not slow and not expensive")
+	python -m pytest -m "not slow and not expensive" $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 
 # Installer for both environments: INSTALLER=uv (default) or INSTALLER=pip (the pip-only recipe used before uv).
 # Their times on a fresh clone: docs/development.md, "Environments".

@@ -74,6 +74,7 @@ def test_a_dead_local_worker_ends_the_stage_with_one_failure(tmp_path):
     assert not multiprocessing.active_children(), "the stage's other processes are stopped"
 
 
+@pytest.mark.expensive  # a local Ray instance
 def test_ray_tasks_in_job_order_rerun_when_their_worker_dies(tmp_path, local_ray):
     with job_runner("shard.distributor", "ray", 2) as jobs:
         assert type(jobs) is RayTasks and jobs.in_flight == 4
@@ -107,6 +108,7 @@ class Doubler:
         Path(self.folder, f"stopped-{os.getpid()}").touch()
 
 
+@pytest.mark.expensive  # a local Ray instance
 def test_actor_pool_redoes_a_lost_workers_job_once(tmp_path, local_ray):
     done = []
     settings = ActorSettings("caption.ray", workers=2, gpus_per_worker=0, startup_timeout_s=60,
@@ -121,6 +123,7 @@ def test_actor_pool_redoes_a_lost_workers_job_once(tmp_path, local_ray):
     assert len(list(tmp_path.glob("stopped-*"))) == 2, "the two live workers were stopped"
 
 
+@pytest.mark.expensive  # a local Ray instance
 def test_actor_pool_gives_up_after_max_worker_failures(tmp_path, local_ray):
     from core.ray_session import RayClusterError
 

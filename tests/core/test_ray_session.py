@@ -16,6 +16,7 @@ def without_ray(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
 
 
+@pytest.mark.expensive  # imports every stage's library (img2dataset, torch)
 def test_each_stage_names_its_key_before_any_work(without_ray, tmp_path):
     from pipeline.caption import run as caption_run
     from pipeline.download import run as download_run
