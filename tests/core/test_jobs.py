@@ -120,7 +120,8 @@ def test_actor_pool_redoes_a_lost_workers_job_once(tmp_path, local_ray):
     assert sorted(done) == sorted((job, 2 * len(job)) for job in jobs), "every job done once"
     assert counts["worker_failures"] == 1 and counts["jobs_redone"] == 1 and counts["workers_started"] in (2, 3)
     assert sum(counts["jobs_per_node"].values()) == len(jobs)
-    assert len(list(tmp_path.glob("stopped-*"))) == 2, "the two live workers were stopped"
+    live = counts["workers_started"] - counts["worker_failures"]  # 1 if the other worker took the lost job
+    assert len(list(tmp_path.glob("stopped-*"))) == live, "every live worker was stopped"
 
 
 @pytest.mark.expensive  # a local Ray instance
