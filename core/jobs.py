@@ -35,6 +35,11 @@ class WorkerDied(StageFailure):
     """A worker process died (killed, out of memory) before finishing its job."""
 
 
+def _count(jobs: Iterable[tuple], total: int | None) -> int | None:
+    """The number of jobs for the progress bar: `total`, else the length of a list of jobs (None for a generator)."""
+    return len(jobs) if total is None and hasattr(jobs, "__len__") else total
+
+
 class Jobs:
     """Runs `function(*job)` for each job; subclasses say where (`submit`) and how a finished job is collected."""
 
@@ -47,7 +52,7 @@ class Jobs:
             total: int | None = None) -> list:
         """The results of `function(*job)` for every job, in job order."""
         results, pending = {}, {}
-        total = len(jobs) if total is None and hasattr(jobs, "__len__") else total
+        total = _count(jobs, total)
         with tqdm(desc=desc, unit=unit, total=total) as bar:
             for index, job in enumerate(jobs):
                 pending[self.submit(function, job)] = index
@@ -71,7 +76,7 @@ class InProcess(Jobs):
 
     def map(self, function: Callable, jobs: Iterable[tuple], desc: str, unit: str = "job",
             total: int | None = None) -> list:
-        total = len(jobs) if total is None and hasattr(jobs, "__len__") else total
+        total = _count(jobs, total)
         return [function(*job) for job in tqdm(jobs, desc=desc, unit=unit, total=total)]
 
 
@@ -264,13 +269,13 @@ class ActorPool:
         except self.lost as err:
             self.lose(worker, err)
             return
+        node = ray.get(worker.placed)
         if worker.job:
-            self.on_done(worker.job, result, worker.name, ray.get(worker.placed))
+            self.on_done(worker.job, result, worker.name, node)
             self.done += 1
-            self.jobs_per_node[ray.get(worker.placed)] += 1
+            self.jobs_per_node[node] += 1
         else:
-            print(f"{self.label}: {worker.name} serving on {result} (node {ray.get(worker.placed)[:12]})",
-                  file=sys.stderr)
+            print(f"{self.label}: {worker.name} serving on {result} (node {node[:12]})", file=sys.stderr)
         self.assign(worker)
 
     def assign(self, worker: _Worker) -> None:
